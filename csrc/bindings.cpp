@@ -1,0 +1,17 @@
+// Python bindings of the fused CPU kernels. The ops are registered with torch.library on the
+// Python side (fastcells/ops/*), which adds autograd, fake tensors and torch.compile support.
+#include <torch/extension.h>
+
+#include "gates.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastcells fused CPU gate kernels";
+  m.def("convlstm_gates_forward", &fastcells::convlstm_gates_forward);
+  m.def("convlstm_gates_backward", &fastcells::convlstm_gates_backward);
+  m.def("stlstm_gates_forward", &fastcells::stlstm_gates_forward);
+  m.def("stlstm_gates_backward", &fastcells::stlstm_gates_backward);
+  m.def("mklstm_gates_forward", &fastcells::mklstm_gates_forward);
+  m.def("mklstm_gates_backward", &fastcells::mklstm_gates_backward);
+  m.def("output_gate_forward", &fastcells::output_gate_forward);
+  m.def("output_gate_backward", &fastcells::output_gate_backward);
+}

@@ -1,0 +1,40 @@
+// Entry points of the fused CPU gate kernels (one translation unit per cell family).
+// Every function takes and returns (B, C, H, W) tensors with contiguous planes.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <vector>
+
+namespace fastcells {
+
+std::vector<at::Tensor> convlstm_gates_forward(const at::Tensor& z, const at::Tensor& c_prev,
+                                               const c10::optional<at::Tensor>& peephole,
+                                               double forget_bias);
+std::vector<at::Tensor> convlstm_gates_backward(const at::Tensor& grad_h,
+                                                const at::Tensor& grad_c, const at::Tensor& z,
+                                                const at::Tensor& c_prev,
+                                                const c10::optional<at::Tensor>& peephole,
+                                                double forget_bias);
+
+std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Tensor& zh,
+                                             const at::Tensor& zm, const at::Tensor& c_prev,
+                                             const at::Tensor& m_prev, bool return_deltas);
+std::vector<at::Tensor> stlstm_gates_backward(const at::Tensor& grad_cm,
+                                              const at::Tensor& grad_o_partial,
+                                              const c10::optional<at::Tensor>& grad_deltas,
+                                              const at::Tensor& acts, const at::Tensor& c_prev,
+                                              const at::Tensor& m_prev);
+
+std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Tensor& z2,
+                                             const at::Tensor& c1_prev, const at::Tensor& c2_prev);
+std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
+                                              const at::Tensor& grad_o_partial,
+                                              const at::Tensor& acts, const at::Tensor& c1_prev,
+                                              const at::Tensor& c2_prev);
+
+std::vector<at::Tensor> output_gate_forward(const at::Tensor& o_partial, const at::Tensor& zo,
+                                            const at::Tensor& zl);
+std::vector<at::Tensor> output_gate_backward(const at::Tensor& grad_h, const at::Tensor& o_pre,
+                                             const at::Tensor& zl);
+
+}  // namespace fastcells

@@ -1,0 +1,18 @@
+"""fastcells: fused kernels for convolutional recurrent cells.
+
+Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRNN),
+:class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM).
+Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
+:class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
+:mod:`fastcells.backends`); the equations are in CELLS.md.
+"""
+from .backends import available_backends
+from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
+from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
+    "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
+]

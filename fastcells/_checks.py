@@ -1,0 +1,54 @@
+"""Input validation shared by the cells and layers: every error names the argument and the
+shape it expected, and is raised before any kernel runs."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+Shape = Sequence  # entries: an int, or a letter (str) for a free dimension
+
+
+def _fmt(shape: Shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_tensor(x, name: str, shape: Shape, like: Tensor) -> None:
+    """Checks type, floating dtype, rank, fixed sizes, dtype and device against ``like``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a Tensor of shape {_fmt(shape)}, "
+                        f"got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != len(shape) or any(isinstance(want, int) and got != want
+                                    for got, want in zip(x.shape, shape)):
+        raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(x.shape)}")
+    if x.dtype != like.dtype:
+        raise TypeError(f"{name}: dtype {x.dtype} differs from the parameters' {like.dtype} "
+                        f"(convert the module or the input with .to())")
+    if x.device != like.device:
+        raise ValueError(f"{name}: device {x.device} differs from the parameters' {like.device}")
+
+
+def frame_shape(channels: int, spatial: tuple[int, int] | None, batch="B") -> tuple:
+    h, w = spatial if spatial is not None else ("H", "W")
+    return (batch, channels, h, w)
+
+
+def check_state(state, names: Sequence[str], shape: Shape, like: Tensor) -> tuple:
+    """``state`` must be a tuple/list of len(names) tensors, each of ``shape``."""
+    if not isinstance(state, (tuple, list)) or len(state) != len(names):
+        got = type(state).__name__
+        if isinstance(state, (tuple, list)):
+            got += f" of length {len(state)}"
+        raise ValueError(f"state: expected a tuple ({', '.join(names)}) of tensors each of "
+                         f"shape {_fmt(shape)}, got {got}")
+    for t, n in zip(state, names):
+        check_tensor(t, f"state[{names.index(n)}] ({n})", shape, like)
+    return tuple(state)
+
+
+def zeros_state(n: int, shape: Sequence[int], like: Tensor) -> tuple:
+    z = torch.zeros(tuple(shape), dtype=like.dtype, device=like.device)
+    return (z,) * n

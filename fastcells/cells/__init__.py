@@ -1,0 +1,6 @@
+from .convlstm import ConvLSTMCell
+from .convttlstm import ConvTTLSTMCell
+from .mklstm import MKLSTMCell
+from .stlstm import SpatioTemporalLSTMCell
+
+__all__ = ["ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell"]

@@ -1,0 +1,104 @@
+"""What every fastcells cell shares: backend selection, state handling, memory-efficient mode."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import backends
+from .._checks import check_state, check_tensor, frame_shape, zeros_state
+from ..ops import GATES
+from .recompute import recompute_step
+
+
+class CellBase(nn.Module):
+    """Base of the four cells.
+
+    Subclasses define ``state_names`` and ``_step(backend, params, x, zx, *state)``, a pure
+    function of the parameters (``params`` maps ``named_parameters()`` names to tensors) so
+    that the memory-efficient mode can rerun it in backward. ``zx`` is the input projection
+    when a sequence layer computed it for all frames at once (fused backends), else None.
+    """
+
+    state_names: Sequence[str] = ()
+
+    def __init__(self, input_size: int, hidden_size: int, backend: str, memory_efficient: bool):
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, "
+                             f"{hidden_size}")
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.requested_backend = backends.validate_backend(backend)
+        self.memory_efficient = bool(memory_efficient)
+
+    # -- backend -----------------------------------------------------------------------------
+    def _any_param(self) -> Tensor:
+        return next(self.parameters())
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs for the parameters' current device and dtype."""
+        p = self._any_param()
+        return backends.resolve(self.requested_backend, p.device, p.dtype)
+
+    def _backend_for(self, x: Tensor) -> str:
+        backend = backends.resolve(self.requested_backend, x.device, x.dtype)
+        backends.check_supported(backend, x.device, x.dtype)
+        return backend
+
+    # -- shapes and state --------------------------------------------------------------------
+    spatial_size: tuple[int, int] | None = None
+
+    def _frame(self, channels: int, batch="B") -> tuple:
+        return frame_shape(channels, self.spatial_size, batch)
+
+    def check_input(self, x: Tensor, name: str = "x") -> None:
+        check_tensor(x, name, self._frame(self.input_size), self._any_param())
+
+    def init_state(self, x: Tensor) -> tuple:
+        """Zero state for a batch like ``x`` (B, Cin, H, W)."""
+        b, _, h, w = x.shape
+        return zeros_state(len(self.state_names), (b, self.hidden_size, h, w), x)
+
+    def check_state(self, state, x: Tensor) -> tuple:
+        b, _, h, w = x.shape
+        return check_state(state, self.state_names, (b, self.hidden_size, h, w), x)
+
+    def _resolve_state(self, x: Tensor, state) -> tuple:
+        return self.init_state(x) if state is None else self.check_state(state, x)
+
+    # -- running -----------------------------------------------------------------------------
+    def forward(self, x: Tensor, state=None):
+        self.check_input(x)
+        return self._run(x, self._resolve_state(x, state))
+
+    def _run(self, x: Tensor, state: tuple, zx=None, **options):
+        """One step without input checks (the sequence layers check once per sequence)."""
+        backend = self._backend_for(x)
+        params = dict(self.named_parameters())
+        if self.memory_efficient and torch.is_grad_enabled():
+            # zx is recomputed from x inside the step rather than kept alive.
+            def run(inputs, p):
+                return self._step(backend, p, inputs[0], None, *inputs[1:], **options)
+
+            outputs = recompute_step(run, (x, *self._flatten(state)), params)
+        else:
+            outputs = self._step(backend, params, x, zx, *self._flatten(state), **options)
+        return self._pack(outputs, state)
+
+    # States that are nested (Conv-TT-LSTM's history) are flattened for the step function.
+    def _flatten(self, state: tuple) -> tuple:
+        return state
+
+    def _pack(self, outputs: tuple, state: tuple) -> tuple:
+        return tuple(outputs)
+
+    @staticmethod
+    def _gates(backend: str):
+        return GATES[backend]
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, backend={self.requested_backend!r}"
+                + (", memory_efficient=True" if self.memory_efficient else ""))

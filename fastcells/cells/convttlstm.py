@@ -1,0 +1,135 @@
+"""Conv-TT-LSTM cell (Su et al. 2020) with the linear-time CTT recurrence, CELLS.md section 4."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_state, check_tensor
+from .base import CellBase
+from .convlstm import _check_odd
+
+
+class ConvTTLSTMCell(CellBase):
+    r"""Convolutional tensor-train LSTM cell, as in NVlabs/conv-tt-lstm ``ConvTTLSTMCell``.
+
+    With order N, steps M >= N, rank R and lags D = M - N + 1, window ``l`` is the D hidden
+    states starting M - l steps back (oldest first), and::
+
+        v_0 = P_0 * win_0;   v_l = P_l * win_l + G_{l-1} * v_{l-1}   (l = 1 .. N-1)
+        z   = G_last * [x; v_{N-1}]                 gate order i, f, o, g
+        c'  = s(f) c + s(i) tanh(g);   h' = s(o) tanh(c')
+
+    Args:
+        input_size, hidden_size: Cin and C.
+        order: N, the number of tensor-train factors (default 3).
+        steps: M >= N, how many past hidden states the cell reads (default 3).
+        rank: R, channels of the tensor-train factors (default 8).
+        kernel_size: odd kernel of every convolution (default 5).
+        backend, memory_efficient: see :class:`fastcells.ConvLSTMCell`.
+
+    Shapes:
+        - x: (B, Cin, H, W)
+        - state: ``(h, c, history)`` with ``h`` and ``c`` (B, C, H, W) and ``history`` a
+          tuple of the last M hidden states, oldest first (``history[-1]`` is ``h``);
+          None means zeros. Returns the new ``(h, c, history)``.
+
+    Parameters: ``preprocess.{l}`` (P_l) are Conv3d with weight (R, C, K, K, D) over the
+    stacked window, as NVlabs stores them; ``factors.{l}`` are Conv2d: G_l (R, R, K, K)
+    for l < N-1 and G_last (4C, Cin + R, K, K) last. Shapes equal NVlabs' ``layers_`` and
+    ``layers``.
+    """
+
+    state_names = ("h", "c", "history")
+
+    def __init__(self, input_size: int, hidden_size: int, order: int = 3, steps: int = 3,
+                 rank: int = 8, kernel_size: int = 5, backend: str = "auto",
+                 memory_efficient: bool = False):
+        super().__init__(input_size, hidden_size, backend, memory_efficient)
+        _check_odd(kernel_size)
+        if order < 1 or steps < order or rank < 1:
+            raise ValueError(f"need order >= 1, steps >= order and rank >= 1, got order={order}, "
+                             f"steps={steps}, rank={rank}")
+        self.order, self.steps, self.rank = order, steps, rank
+        self.lags = steps - order + 1
+        self.kernel_size, self.padding = kernel_size, kernel_size // 2
+        k, pad = kernel_size, kernel_size // 2
+        self.preprocess = nn.ModuleList(
+            nn.Conv3d(hidden_size, rank, (k, k, self.lags), padding=(pad, pad, 0))
+            for _ in range(order))
+        self.factors = nn.ModuleList(
+            nn.Conv2d(rank, rank, k, padding=pad) for _ in range(order - 1))
+        self.factors.append(nn.Conv2d(input_size + rank, 4 * hidden_size, k, padding=pad))
+
+    # -- state: (h, c, history) with history a tuple of M tensors -----------------------------
+    def init_state(self, x: Tensor) -> tuple:
+        b, _, h, w = x.shape
+        z = torch.zeros(b, self.hidden_size, h, w, dtype=x.dtype, device=x.device)
+        return z, z, (z,) * self.steps
+
+    def check_state(self, state, x: Tensor) -> tuple:
+        b, _, h, w = x.shape
+        shape = (b, self.hidden_size, h, w)
+        if not isinstance(state, (tuple, list)) or len(state) != 3:
+            raise ValueError(f"state: expected (h, c, history) with history a tuple of "
+                             f"{self.steps} tensors of shape {shape}, got {type(state).__name__}")
+        check_tensor(state[0], "state[0] (h)", shape, x)
+        check_tensor(state[1], "state[1] (c)", shape, x)
+        history = check_state(state[2], [f"history[{i}]" for i in range(self.steps)], shape, x)
+        return state[0], state[1], history
+
+    def _flatten(self, state):
+        _, c, history = state
+        return (c, *history)
+
+    def _pack(self, outputs, state):
+        h, c = outputs
+        return h, c, (*state[2][1:], h)
+
+    # -- the step ------------------------------------------------------------------------------
+    def _window_weight(self, p: dict, l: int) -> Tensor:
+        """P_l as a 2-D convolution over the window's D*C channels (d-major)."""
+        w = p[f"preprocess.{l}.weight"]  # (R, C, K, K, D)
+        return w.permute(0, 4, 1, 2, 3).reshape(w.shape[0], -1, *w.shape[2:4])
+
+    def input_projection(self, x: Tensor) -> Tensor:
+        """The input part of G_last for every frame of x (B, T, Cin, H, W) at once."""
+        b, t = x.shape[:2]
+        last = self.factors[-1]
+        z = F.conv2d(x.reshape(b * t, *x.shape[2:]), last.weight[:, : self.input_size],
+                     last.bias, padding=self.padding)
+        return z.view(b, t, *z.shape[1:])
+
+    def _step(self, backend, p, x, zx, c, *history):
+        D, pad, N = self.lags, self.padding, self.order
+        w_last, b_last = p[f"factors.{N - 1}.weight"], p[f"factors.{N - 1}.bias"]
+        v = None
+        for l in range(N):
+            bias = p[f"preprocess.{l}.bias"]
+            if backend == "reference":
+                window = torch.cat(history[l:l + D], dim=1)
+                pre = F.conv2d(window, self._window_weight(p, l), bias, padding=pad)
+            else:
+                # Sum of per-state convolutions: the window is never concatenated.
+                w = p[f"preprocess.{l}.weight"]
+                pre = F.conv2d(history[l], w[..., 0], bias, padding=pad)
+                for d in range(1, D):
+                    pre = pre.add_(F.conv2d(history[l + d], w[..., d], None, padding=pad))
+            if v is None:
+                v = pre
+            else:
+                v = F.conv2d(v, p[f"factors.{l - 1}.weight"], p[f"factors.{l - 1}.bias"],
+                             padding=pad)
+                v = pre + v if backend == "reference" else v.add_(pre)
+        if backend == "reference":
+            z = F.conv2d(torch.cat([x, v], dim=1), w_last, b_last, padding=pad)
+        else:
+            if zx is None:
+                zx = F.conv2d(x, w_last[:, : self.input_size], b_last, padding=pad)
+            z = F.conv2d(v, w_last[:, self.input_size:], None, padding=pad).add_(zx)
+        h, c = self._gates(backend).convlstm(z, c, None, 0.0)
+        return h, c
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", order={self.order}, steps={self.steps}, "
+                f"rank={self.rank}, kernel_size={self.kernel_size}")

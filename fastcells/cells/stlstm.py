@@ -1,0 +1,100 @@
+"""Spatiotemporal LSTM cell of PredRNN (Wang et al. 2017), CELLS.md section 2."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import CellBase
+from .convlstm import _check_odd
+
+
+class SpatioTemporalLSTMCell(CellBase):
+    r"""ST-LSTM cell, as in thuml/predrnn-pytorch ``SpatioTemporalLSTMCell``.
+
+    Two memories: the temporal ``c`` (carried along time in a layer) and the spatiotemporal
+    ``m`` (arriving from the layer below at the same step, the zigzag flow). Forget bias 1.
+
+    Args:
+        input_size: channels of ``x`` (Cin).
+        hidden_size: channels of ``h``, ``c`` and ``m`` (C).
+        kernel_size: odd kernel size of conv_x, conv_h, conv_m and conv_o.
+        bias: biases on all five convolutions (thuml's current code has none).
+        layer_norm: LayerNorm over (channels, H, W) after conv_x, conv_h, conv_m and conv_o;
+            it fixes the spatial size, so ``spatial_size`` is then required.
+        spatial_size: ``H`` (square) or ``(H, W)``.
+        backend, memory_efficient: see :class:`fastcells.ConvLSTMCell`.
+
+    Shapes:
+        - x: (B, Cin, H, W)
+        - state: ``(h, c, m)``, each (B, C, H, W), where ``m`` is the *incoming*
+          spatiotemporal memory; None means zeros
+        - returns the new ``(h, c, m)``; with ``return_deltas=True``,
+          ``((h, c, m), (delta_c, delta_m))`` where ``delta_c = i*g`` and ``delta_m = i'*g'``
+          (PredRNN-v2's decoupling loss reads them).
+
+    Parameters (thuml's names and shapes): ``conv_x.0`` (7C, Cin, k, k), ``conv_h.0``
+    (4C, C, k, k), ``conv_m.0`` (3C, C, k, k), ``conv_o.0`` (C, 2C, k, k), ``conv_last``
+    (C, 2C, 1, 1); ``conv_*.1`` are the LayerNorms when ``layer_norm``.
+    """
+
+    state_names = ("h", "c", "m")
+
+    def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3, bias: bool = False,
+                 layer_norm: bool = False, spatial_size=None, backend: str = "auto",
+                 memory_efficient: bool = False):
+        super().__init__(input_size, hidden_size, backend, memory_efficient)
+        _check_odd(kernel_size)
+        if isinstance(spatial_size, int):
+            spatial_size = (spatial_size, spatial_size)
+        if layer_norm and spatial_size is None:
+            raise ValueError("spatial_size: layer_norm=True normalizes over (channels, H, W), "
+                             "so spatial_size=(H, W) (or H) is required")
+        self.kernel_size, self.padding = kernel_size, kernel_size // 2
+        self.layer_norm = bool(layer_norm)
+        self.spatial_size = tuple(spatial_size) if (layer_norm and spatial_size) else None
+        C = hidden_size
+
+        def block(cin, cout):
+            conv = nn.Conv2d(cin, cout, kernel_size, padding=self.padding, bias=bias)
+            if layer_norm:
+                return nn.Sequential(conv, nn.LayerNorm([cout, *self.spatial_size]))
+            return nn.Sequential(conv)
+
+        self.conv_x = block(input_size, 7 * C)
+        self.conv_h = block(C, 4 * C)
+        self.conv_m = block(C, 3 * C)
+        self.conv_o = block(2 * C, C)
+        self.conv_last = nn.Conv2d(2 * C, C, 1, bias=bias)
+
+    def _conv(self, p: dict, name: str, x: Tensor) -> Tensor:
+        z = F.conv2d(x, p[f"{name}.0.weight"], p.get(f"{name}.0.bias"), padding=self.padding)
+        if self.layer_norm:
+            z = F.layer_norm(z, z.shape[1:], p[f"{name}.1.weight"], p[f"{name}.1.bias"])
+        return z
+
+    def input_projection(self, x: Tensor) -> Tensor:
+        """conv_x for every frame of x (B, T, Cin, H, W) at once."""
+        b, t = x.shape[:2]
+        z = self._conv(dict(self.named_parameters()), "conv_x", x.reshape(b * t, *x.shape[2:]))
+        return z.view(b, t, *z.shape[1:])
+
+    def forward(self, x: Tensor, state=None, return_deltas: bool = False):
+        self.check_input(x)
+        out = self._run(x, self._resolve_state(x, state), return_deltas=return_deltas)
+        return ((out[:3], out[3:]) if return_deltas else out)
+
+    def _step(self, backend, p, x, zx, h, c, m, return_deltas=False):
+        gates = self._gates(backend)
+        if zx is None:
+            zx = self._conv(p, "conv_x", x)
+        c, m, cm, o_partial, deltas = gates.stlstm(zx, self._conv(p, "conv_h", h),
+                                                   self._conv(p, "conv_m", m), c, m,
+                                                   return_deltas)
+        zl = F.conv2d(cm, p["conv_last.weight"], p.get("conv_last.bias"))
+        h = gates.output(o_partial, self._conv(p, "conv_o", cm), zl)
+        return (h, c, m, *deltas) if return_deltas else (h, c, m)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", kernel_size={self.kernel_size}"
+                + (f", layer_norm=True, spatial_size={self.spatial_size}" if self.layer_norm
+                   else ""))

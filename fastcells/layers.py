@@ -1,0 +1,157 @@
+"""Multi-layer sequence modules in the style of ``nn.LSTM``.
+
+``forward(x, state=None) -> (output, last_states)`` with ``x`` of shape (B, T, Cin, H, W)
+(``batch_first=True``, the default) or (T, B, Cin, H, W); ``output`` holds the top layer's
+hidden state at every step, same layout; ``last_states`` is a list with one state tuple per
+layer, which can be passed back as ``state`` to continue the sequence.
+
+On the fused backends the first layer's input convolution runs once over all T frames
+instead of T times (the whole input sequence is known up front).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+import torch
+
+from ._checks import check_tensor
+from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
+
+
+class _StackedCells(nn.Module):
+    cell_class: type = None
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 batch_first: bool = True, backend: str = "auto",
+                 memory_efficient: bool = False, **cell_kwargs):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.num_layers, self.batch_first = num_layers, batch_first
+        self.cells = nn.ModuleList(
+            self.cell_class(input_size if i == 0 else hidden_size, hidden_size, backend=backend,
+                            memory_efficient=memory_efficient, **cell_kwargs)
+            for i in range(num_layers))
+
+    @property
+    def backend(self) -> str:
+        """The backend the cells resolve to for the current parameters."""
+        return self.cells[0].backend
+
+    def forward(self, x: Tensor, state=None):
+        first = self.cells[0]
+        layout = ("B", "T") if self.batch_first else ("T", "B")
+        check_tensor(x, "x", (*layout, *first._frame(self.input_size)[1:]), first._any_param())
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        if x.shape[1] < 1:
+            raise ValueError("x: the sequence is empty (T = 0)")
+        frame0 = x[:, 0]
+        if state is None:
+            states = [None] * self.num_layers
+        elif isinstance(state, (list, tuple)) and len(state) == self.num_layers:
+            states = list(state)
+        else:
+            raise ValueError(f"state: expected a list of {self.num_layers} per-layer state tuples "
+                             f"(as returned in last_states), got {type(state).__name__}")
+        like = torch.empty(0, dtype=x.dtype, device=x.device).expand(
+            frame0.shape[0], self.hidden_size, *frame0.shape[2:])
+        states = [cell._resolve_state(frame0 if i == 0 else like, s)
+                  for i, (cell, s) in enumerate(zip(self.cells, states))]
+
+        zx = None
+        if first._backend_for(frame0) != "reference" and not first.memory_efficient:
+            zx = first.input_projection(x)
+        outputs = []
+        for t in range(x.shape[1]):
+            inp = x[:, t]
+            for i, cell in enumerate(self.cells):
+                z = _frame_of(zx, t) if i == 0 else None
+                states[i] = cell._run(inp, self._incoming(states, i), z)
+                inp = states[i][0]
+            outputs.append(inp)
+        output = torch.stack(outputs, dim=1)
+        return (output if self.batch_first else output.transpose(0, 1)), states
+
+    def _incoming(self, states: list, i: int) -> tuple:
+        """The state layer ``i`` starts the step from (ST-LSTM overrides it for zigzag m)."""
+        return states[i]
+
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}, batch_first={self.batch_first}"
+
+
+def _frame_of(zx, t: int):
+    if zx is None:
+        return None
+    if isinstance(zx, tuple):
+        return tuple(z[:, t] for z in zx)
+    return zx[:, t]
+
+
+class ConvLSTM(_StackedCells):
+    """Stacked :class:`ConvLSTMCell` layers over a sequence.
+
+    ``ConvLSTM(input_size, hidden_size, kernel_size=3, num_layers=1, batch_first=True,
+    bias=True, backend="auto", memory_efficient=False, forget_bias=0.0, peephole=False)``.
+    State per layer: ``(h, c)``.
+    """
+
+    cell_class = ConvLSTMCell
+
+    def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3,
+                 num_layers: int = 1, batch_first: bool = True, bias: bool = True,
+                 backend: str = "auto", memory_efficient: bool = False, **cell_kwargs):
+        super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
+                         memory_efficient, kernel_size=kernel_size, bias=bias, **cell_kwargs)
+
+
+class SpatioTemporalLSTM(_StackedCells):
+    """Stacked :class:`SpatioTemporalLSTMCell` layers with PredRNN's zigzag memory flow.
+
+    At each step the spatiotemporal memory ``m`` rises through the layers; the bottom layer
+    receives the top layer's ``m`` from the previous step. State per layer ``(h, c, m)``
+    holds the ``m`` that layer produced; only the top layer's ``m`` is read back when a
+    state is passed in.
+    """
+
+    cell_class = SpatioTemporalLSTMCell
+
+    def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3,
+                 num_layers: int = 1, batch_first: bool = True, bias: bool = False,
+                 layer_norm: bool = False, spatial_size=None, backend: str = "auto",
+                 memory_efficient: bool = False):
+        super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
+                         memory_efficient, kernel_size=kernel_size, bias=bias,
+                         layer_norm=layer_norm, spatial_size=spatial_size)
+
+    def _incoming(self, states: list, i: int) -> tuple:
+        h, c, _ = states[i]
+        return h, c, states[i - 1][2]  # i = 0 reads the top layer's m (index -1)
+
+
+class MKLSTM(_StackedCells):
+    """Stacked :class:`MKLSTMCell` layers (MS-LSTM's TMS-LSTM stack). State per layer
+    ``(h, c1, c2)``."""
+
+    cell_class = MKLSTMCell
+
+    def __init__(self, input_size: int, hidden_size: int, kernel_sizes=(3, 5),
+                 num_layers: int = 1, batch_first: bool = True, backend: str = "auto",
+                 memory_efficient: bool = False):
+        super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
+                         memory_efficient, kernel_sizes=kernel_sizes)
+
+
+class ConvTTLSTM(_StackedCells):
+    """Stacked :class:`ConvTTLSTMCell` layers. State per layer ``(h, c, history)``."""
+
+    cell_class = ConvTTLSTMCell
+
+    def __init__(self, input_size: int, hidden_size: int, order: int = 3, steps: int = 3,
+                 rank: int = 8, kernel_size: int = 5, num_layers: int = 1,
+                 batch_first: bool = True, backend: str = "auto",
+                 memory_efficient: bool = False):
+        super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
+                         memory_efficient, order=order, steps=steps, rank=rank,
+                         kernel_size=kernel_size)

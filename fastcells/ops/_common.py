@@ -1,0 +1,31 @@
+"""Helpers shared by the fused-op wrappers."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def planar(t: Tensor) -> Tensor:
+    """``t`` with contiguous (H, W) planes and channel stride H*W, copying only if needed.
+
+    The C++ kernels accept any batch stride, so channel slices of a contiguous tensor (the c
+    and m halves of ST-LSTM's [c; m] buffer) pass without a copy; channels_last and other
+    layouts are made contiguous.
+    """
+    _, _, h, w = t.shape
+    if t.stride(3) == 1 and t.stride(2) == w and t.stride(1) == h * w:
+        return t
+    return t.contiguous()
+
+
+def grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    """Autograd passes None for an output that did not reach the loss."""
+    if grad is None:
+        return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+    return planar(grad)
+
+
+def new_planes(like: Tensor, channels: int) -> Tensor:
+    """Fake-tensor result matching what the kernels allocate (contiguous NCHW)."""
+    b, _, h, w = like.shape
+    return like.new_empty((b, channels, h, w), memory_format=torch.contiguous_format)

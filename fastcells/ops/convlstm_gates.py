@@ -1,0 +1,93 @@
+"""ConvLSTM gate math (CELLS.md section 1; also Conv-TT-LSTM's gate stage, section 4).
+
+    z = [zi; zf; zo; zg]                       (B, 4C, H, W), gate order i, f, o, g
+    c = sigmoid(zf + forget_bias [+ wcf*c_prev]) * c_prev + sigmoid(zi [+ wci*c_prev]) * tanh(zg)
+    h = sigmoid(zo [+ wco*c]) * tanh(c)
+
+``peephole`` is None or a (3, C) tensor of per-channel weights (wci, wcf, wco).
+Both functions return ``(h, c)``, each (B, C, H, W).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ._common import grad_or_zeros, new_planes, planar
+
+
+def convlstm_gates_ref(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = None,
+                       forget_bias: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """Eager reference, a line-by-line transcription of the equations."""
+    zi, zf, zo, zg = torch.split(z, c_prev.shape[1], dim=1)
+    if peephole is not None:
+        w_ci, w_cf, w_co = (w.view(1, -1, 1, 1) for w in peephole)
+        zi = zi + w_ci * c_prev
+        zf = zf + w_cf * c_prev
+    i = torch.sigmoid(zi)
+    f = torch.sigmoid(zf + forget_bias)
+    g = torch.tanh(zg)
+    c = f * c_prev + i * g
+    if peephole is not None:
+        zo = zo + w_co * c
+    o = torch.sigmoid(zo)
+    h = o * torch.tanh(c)
+    return h, c
+
+
+@torch.library.custom_op("fastcells::convlstm_gates", mutates_args=(), device_types="cpu")
+def _convlstm_gates_op(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor],
+                       forget_bias: float) -> Tuple[Tensor, Tensor]:
+    h, c = _ext.cpp_extension().convlstm_gates_forward(planar(z), planar(c_prev), peephole,
+                                                        forget_bias)
+    return h, c
+
+
+@_convlstm_gates_op.register_fake
+def _(z, c_prev, peephole, forget_bias):
+    return new_planes(c_prev, c_prev.shape[1]), new_planes(c_prev, c_prev.shape[1])
+
+
+@torch.library.custom_op("fastcells::convlstm_gates_backward", mutates_args=(),
+                         device_types="cpu")
+def _convlstm_gates_backward_op(grad_h: Tensor, grad_c: Tensor, z: Tensor, c_prev: Tensor,
+                                peephole: Optional[Tensor],
+                                forget_bias: float) -> Tuple[Tensor, Tensor, Tensor]:
+    dz, dc_prev, dpeep = _ext.cpp_extension().convlstm_gates_backward(
+        planar(grad_h), planar(grad_c), planar(z), planar(c_prev), peephole, forget_bias)
+    # custom ops cannot return None: an empty tensor stands for "no peephole".
+    return dz, dc_prev, dpeep if dpeep is not None else z.new_empty(0)
+
+
+@_convlstm_gates_backward_op.register_fake
+def _(grad_h, grad_c, z, c_prev, peephole, forget_bias):
+    dpeep = peephole.new_empty(peephole.shape) if peephole is not None else z.new_empty(0)
+    return new_planes(z, z.shape[1]), new_planes(c_prev, c_prev.shape[1]), dpeep
+
+
+def _setup_context(ctx, inputs, output):
+    z, c_prev, peephole, forget_bias = inputs
+    # The minimum: pre-activations and the previous memory; activations are recomputed.
+    ctx.save_for_backward(z, c_prev, peephole)
+    ctx.forget_bias = forget_bias
+
+
+def _backward(ctx, grad_h, grad_c):
+    z, c_prev, peephole = ctx.saved_tensors
+    dz, dc_prev, dpeep = torch.ops.fastcells.convlstm_gates_backward(
+        grad_or_zeros(grad_h, c_prev), grad_or_zeros(grad_c, c_prev), z, c_prev, peephole,
+        ctx.forget_bias)
+    return dz, dc_prev, (dpeep if peephole is not None else None), None
+
+
+_convlstm_gates_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def convlstm_gates_cpp(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = None,
+                       forget_bias: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """Fused C++ kernel; same contract as :func:`convlstm_gates_ref`."""
+    if peephole is not None:
+        peephole = peephole.contiguous()
+    return torch.ops.fastcells.convlstm_gates(z, c_prev, peephole, float(forget_bias))

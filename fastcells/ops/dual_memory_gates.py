@@ -1,0 +1,186 @@
+"""First-stage gate math of the two-memory cells: ST-LSTM (PredRNN) and MK-LSTM (MS-LSTM).
+
+ST-LSTM, CELLS.md section 2 (zx: 7C in order i, f, g, i', f', g', o; zh: 4C i, f, g, o;
+zm: 3C i', f', g')::
+
+    c = sigmoid(f_x + f_h + 1) * c_prev + sigmoid(i_x + i_h) * tanh(g_x + g_h)
+    m = sigmoid(f'_x + f_m + 1) * m_prev + sigmoid(i'_x + i_m) * tanh(g'_x + g_m)
+    o_partial = o_x + o_h
+
+MK-LSTM, CELLS.md section 3 (z1, z2: 4C each, gate order i, f, g, o)::
+
+    c1 = sigmoid(f1) * c1_prev + sigmoid(i1) * tanh(g1)      (same for c2)
+    o_partial = o1 + o2
+
+Each returns the two memories, the (B, 2C) tensor ``[c; m]`` that feeds the next
+convolutions, and ``o_partial``. The fused versions write the memories straight into that
+buffer and return views of it; the references concatenate, as the public code does.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ._common import grad_or_zeros, new_planes, planar
+
+FORGET_BIAS = 1.0  # ST-LSTM's constant forget bias (thuml's _forget_bias)
+
+
+# ----------------------------------------------------------------------------- references
+def stlstm_gates_ref(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
+                     return_deltas: bool = False):
+    """Returns ``(c, m, cm, o_partial, deltas)``; deltas is ``(i*g, i'*g')`` or None."""
+    C = c_prev.shape[1]
+    i_x, f_x, g_x, i_xp, f_xp, g_xp, o_x = torch.split(zx, C, dim=1)
+    i_h, f_h, g_h, o_h = torch.split(zh, C, dim=1)
+    i_m, f_m, g_m = torch.split(zm, C, dim=1)
+    i = torch.sigmoid(i_x + i_h)
+    f = torch.sigmoid(f_x + f_h + FORGET_BIAS)
+    g = torch.tanh(g_x + g_h)
+    c = f * c_prev + i * g
+    i_p = torch.sigmoid(i_xp + i_m)
+    f_p = torch.sigmoid(f_xp + f_m + FORGET_BIAS)
+    g_p = torch.tanh(g_xp + g_m)
+    m = f_p * m_prev + i_p * g_p
+    cm = torch.cat((c, m), dim=1)
+    deltas = (i * g, i_p * g_p) if return_deltas else None
+    return c, m, cm, o_x + o_h, deltas
+
+
+def mklstm_gates_ref(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
+    """Returns ``(c1, c2, cc, o_partial)``."""
+    i1, f1, g1, o1 = torch.chunk(z1, 4, dim=1)
+    i2, f2, g2, o2 = torch.chunk(z2, 4, dim=1)
+    c1 = torch.sigmoid(f1) * c1_prev + torch.sigmoid(i1) * torch.tanh(g1)
+    c2 = torch.sigmoid(f2) * c2_prev + torch.sigmoid(i2) * torch.tanh(g2)
+    return c1, c2, torch.cat((c1, c2), dim=1), o1 + o2
+
+
+# ----------------------------------------------------------------------------- ST-LSTM, C++
+@torch.library.custom_op("fastcells::stlstm_gates", mutates_args=(), device_types="cpu")
+def _stlstm_op(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
+               return_deltas: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    cm, o_partial, acts, deltas = _ext.cpp_extension().stlstm_gates_forward(
+        planar(zx), planar(zh), planar(zm), planar(c_prev), planar(m_prev), return_deltas)
+    return cm, o_partial, acts, deltas if deltas is not None else zx.new_empty(0)
+
+
+@_stlstm_op.register_fake
+def _(zx, zh, zm, c_prev, m_prev, return_deltas):
+    C = c_prev.shape[1]
+    deltas = new_planes(c_prev, 2 * C) if return_deltas else zx.new_empty(0)
+    return new_planes(c_prev, 2 * C), new_planes(c_prev, C), new_planes(c_prev, 6 * C), deltas
+
+
+@torch.library.custom_op("fastcells::stlstm_gates_backward", mutates_args=(),
+                         device_types="cpu")
+def _stlstm_backward_op(grad_cm: Tensor, grad_o_partial: Tensor, grad_deltas: Optional[Tensor],
+                        acts: Tensor, c_prev: Tensor, m_prev: Tensor
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out = _ext.cpp_extension().stlstm_gates_backward(
+        planar(grad_cm), planar(grad_o_partial),
+        planar(grad_deltas) if grad_deltas is not None else None,
+        acts, planar(c_prev), planar(m_prev))
+    return tuple(out)
+
+
+@_stlstm_backward_op.register_fake
+def _(grad_cm, grad_o_partial, grad_deltas, acts, c_prev, m_prev):
+    C = c_prev.shape[1]
+    return (new_planes(c_prev, 7 * C), new_planes(c_prev, 4 * C), new_planes(c_prev, 3 * C),
+            new_planes(c_prev, C), new_planes(c_prev, C))
+
+
+def _stlstm_setup(ctx, inputs, output):
+    *_, c_prev, m_prev, return_deltas = inputs
+    cm, _, acts, _ = output
+    ctx.mark_non_differentiable(acts)
+    ctx.save_for_backward(acts, c_prev, m_prev)
+    ctx.return_deltas = return_deltas
+
+
+def _stlstm_backward(ctx, grad_cm, grad_o_partial, _grad_acts, grad_deltas):
+    acts, c_prev, m_prev = ctx.saved_tensors
+    b, C, h, w = c_prev.shape
+    if grad_cm is None:
+        grad_cm = c_prev.new_zeros((b, 2 * C, h, w))
+    grad_o_partial = grad_or_zeros(grad_o_partial, c_prev)
+    if not ctx.return_deltas:
+        grad_deltas = None
+    dzx, dzh, dzm, dc, dm = torch.ops.fastcells.stlstm_gates_backward(
+        grad_cm, grad_o_partial, grad_deltas, acts, c_prev, m_prev)
+    return dzx, dzh, dzm, dc, dm, None
+
+
+_stlstm_op.register_autograd(_stlstm_backward, setup_context=_stlstm_setup)
+
+
+def stlstm_gates_cpp(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
+                     return_deltas: bool = False):
+    """Fused C++ kernel; same contract as :func:`stlstm_gates_ref`."""
+    C = c_prev.shape[1]
+    cm, o_partial, _, deltas = torch.ops.fastcells.stlstm_gates(zx, zh, zm, c_prev, m_prev,
+                                                                return_deltas)
+    c, m = cm[:, :C], cm[:, C:]
+    return c, m, cm, o_partial, ((deltas[:, :C], deltas[:, C:]) if return_deltas else None)
+
+
+# ----------------------------------------------------------------------------- MK-LSTM, C++
+@torch.library.custom_op("fastcells::mklstm_gates", mutates_args=(), device_types="cpu")
+def _mklstm_op(z1: Tensor, z2: Tensor, c1_prev: Tensor,
+               c2_prev: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    cc, o_partial, acts = _ext.cpp_extension().mklstm_gates_forward(
+        planar(z1), planar(z2), planar(c1_prev), planar(c2_prev))
+    return cc, o_partial, acts
+
+
+@_mklstm_op.register_fake
+def _(z1, z2, c1_prev, c2_prev):
+    C = c1_prev.shape[1]
+    return new_planes(c1_prev, 2 * C), new_planes(c1_prev, C), new_planes(c1_prev, 6 * C)
+
+
+@torch.library.custom_op("fastcells::mklstm_gates_backward", mutates_args=(),
+                         device_types="cpu")
+def _mklstm_backward_op(grad_cc: Tensor, grad_o_partial: Tensor, acts: Tensor, c1_prev: Tensor,
+                        c2_prev: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    out = _ext.cpp_extension().mklstm_gates_backward(
+        planar(grad_cc), planar(grad_o_partial), acts, planar(c1_prev), planar(c2_prev))
+    return tuple(out)
+
+
+@_mklstm_backward_op.register_fake
+def _(grad_cc, grad_o_partial, acts, c1_prev, c2_prev):
+    C = c1_prev.shape[1]
+    return (new_planes(c1_prev, 4 * C), new_planes(c1_prev, 4 * C), new_planes(c1_prev, C),
+            new_planes(c1_prev, C))
+
+
+def _mklstm_setup(ctx, inputs, output):
+    _, _, c1_prev, c2_prev = inputs
+    _, _, acts = output
+    ctx.mark_non_differentiable(acts)
+    ctx.save_for_backward(acts, c1_prev, c2_prev)
+
+
+def _mklstm_backward(ctx, grad_cc, grad_o_partial, _grad_acts):
+    acts, c1_prev, c2_prev = ctx.saved_tensors
+    b, C, h, w = c1_prev.shape
+    if grad_cc is None:
+        grad_cc = c1_prev.new_zeros((b, 2 * C, h, w))
+    grad_o_partial = grad_or_zeros(grad_o_partial, c1_prev)
+    return tuple(torch.ops.fastcells.mklstm_gates_backward(grad_cc, grad_o_partial, acts,
+                                                           c1_prev, c2_prev))
+
+
+_mklstm_op.register_autograd(_mklstm_backward, setup_context=_mklstm_setup)
+
+
+def mklstm_gates_cpp(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
+    """Fused C++ kernel; same contract as :func:`mklstm_gates_ref`."""
+    C = c1_prev.shape[1]
+    cc, o_partial, _ = torch.ops.fastcells.mklstm_gates(z1, z2, c1_prev, c2_prev)
+    return cc[:, :C], cc[:, C:], cc, o_partial
