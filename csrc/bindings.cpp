@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "gates.h"
+#include "planes.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastcells fused CPU gate kernels";
@@ -14,4 +15,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mklstm_gates_backward", &fastcells::mklstm_gates_backward);
   m.def("output_gate_forward", &fastcells::output_gate_forward);
   m.def("output_gate_backward", &fastcells::output_gate_backward);
+  m.def(
+      "set_poison_outputs", [](bool on) { fastcells::poison_outputs() = on; },
+      "Test hook: NaN-fill kernel outputs before the kernels write them.");
 }

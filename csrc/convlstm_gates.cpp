@@ -4,8 +4,10 @@
 //   c = sigmoid(zf + forget_bias + wcf*c_prev) * c_prev + sigmoid(zi + wci*c_prev) * tanh(zg)
 //   h = sigmoid(zo + wco*c) * tanh(c)
 //
-// Forward reads z and c_prev once and writes h and c. Autograd saves only z and c_prev:
-// the backward recomputes the activations in registers, which is cheaper than storing them.
+// Forward reads z and c_prev once and writes h, c and the four gate activations (i, f, o, g
+// in z's layout). Autograd keeps those activations instead of z (the same 4C bytes; z is
+// freed), plus c_prev and c, so the backward evaluates one tanh instead of five
+// transcendentals per element.
 #include "gates.h"
 #include "lstm_math.h"
 #include "planes.h"
@@ -32,9 +34,10 @@ Peephole<T> peephole_at(const T* w, int64_t channels, int64_t c) {
 
 template <typename T>
 void forward_kernel(const at::Tensor& z, const at::Tensor& c_prev, const T* peephole,
-                    T forget_bias, at::Tensor& h, at::Tensor& c) {
+                    T forget_bias, at::Tensor& h, at::Tensor& c, at::Tensor& acts) {
   const int64_t B = c_prev.size(0), C = c_prev.size(1), HW = c_prev.size(2) * c_prev.size(3);
   auto Z = planes<T>(z), CP = planes<T>(c_prev), Hs = planes<T>(h), Cs = planes<T>(c);
+  auto A = planes<T>(acts);
   for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
     const T* __restrict zi = Z.at(b, ch);
     const T* __restrict zf = Z.at(b, C + ch);
@@ -43,31 +46,41 @@ void forward_kernel(const at::Tensor& z, const at::Tensor& c_prev, const T* peep
     const T* __restrict cp = CP.at(b, ch);
     T* __restrict hp = Hs.at(b, ch);
     T* __restrict cn = Cs.at(b, ch);
+    T* __restrict ai = A.at(b, ch);
+    T* __restrict af = A.at(b, C + ch);
+    T* __restrict ao = A.at(b, 2 * C + ch);
+    T* __restrict ag = A.at(b, 3 * C + ch);
     const Peephole<T> w = peephole_at(peephole, C, ch);
-_Pragma("omp simd")
+    _Pragma("omp simd")
     for (int64_t k = 0; k < HW; ++k) {
       const T c0 = cp[k];
       const auto u = memory_update(zi[k] + w.ci * c0, zf[k] + forget_bias + w.cf * c0, zg[k], c0);
       const T o = sigmoid(zo[k] + w.co * u.c);
       cn[k] = u.c;
       hp[k] = o * tanh_act(u.c);
+      ai[k] = u.i;
+      af[k] = u.f;
+      ao[k] = o;
+      ag[k] = u.g;
     }
   });
 }
 
 template <typename T>
-void backward_kernel(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& z,
-                     const at::Tensor& c_prev, const T* peephole, T forget_bias,
+void backward_kernel(const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& acts,
+                     const at::Tensor& c_prev, const at::Tensor& c, const T* peephole,
                      at::Tensor& grad_z, at::Tensor& grad_c_prev, T* grad_peephole_partial) {
   const int64_t B = c_prev.size(0), C = c_prev.size(1), HW = c_prev.size(2) * c_prev.size(3);
-  auto Z = planes<T>(z), CP = planes<T>(c_prev), DH = planes<T>(grad_h), DC = planes<T>(grad_c);
+  auto A = planes<T>(acts), CP = planes<T>(c_prev), CN = planes<T>(c);
+  auto DH = planes<T>(grad_h), DC = planes<T>(grad_c);
   auto DZ = planes<T>(grad_z), DCP = planes<T>(grad_c_prev);
   for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
-    const T* __restrict zi = Z.at(b, ch);
-    const T* __restrict zf = Z.at(b, C + ch);
-    const T* __restrict zo = Z.at(b, 2 * C + ch);
-    const T* __restrict zg = Z.at(b, 3 * C + ch);
+    const T* __restrict ai = A.at(b, ch);
+    const T* __restrict af = A.at(b, C + ch);
+    const T* __restrict ao = A.at(b, 2 * C + ch);
+    const T* __restrict ag = A.at(b, 3 * C + ch);
     const T* __restrict cp = CP.at(b, ch);
+    const T* __restrict cn = CN.at(b, ch);
     const T* __restrict dh = DH.at(b, ch);
     const T* __restrict dc = DC.at(b, ch);
     T* __restrict dzi = DZ.at(b, ch);
@@ -77,15 +90,13 @@ void backward_kernel(const at::Tensor& grad_h, const at::Tensor& grad_c, const a
     T* __restrict dcp = DCP.at(b, ch);
     const Peephole<T> w = peephole_at(peephole, C, ch);
     T sum_ci = 0, sum_cf = 0, sum_co = 0;
-_Pragma("omp simd reduction(+ : sum_ci, sum_cf, sum_co)")
+    _Pragma("omp simd reduction(+ : sum_ci, sum_cf, sum_co)")
     for (int64_t k = 0; k < HW; ++k) {
-      const T c0 = cp[k];
-      const auto u = memory_update(zi[k] + w.ci * c0, zf[k] + forget_bias + w.cf * c0, zg[k], c0);
-      const T o = sigmoid(zo[k] + w.co * u.c);
-      const T tc = tanh_act(u.c);
+      const T c0 = cp[k], o = ao[k];
+      const T tc = tanh_act(cn[k]);
       const T d_zo = dh[k] * tc * o * (T(1) - o);
       const T d_c = dc[k] + dh[k] * o * (T(1) - tc * tc) + d_zo * w.co;
-      const auto d = memory_update_backward(d_c, u.i, u.f, u.g, c0);
+      const auto d = memory_update_backward(d_c, ai[k], af[k], ag[k], c0);
       dzi[k] = d.zi;
       dzf[k] = d.zf;
       dzo[k] = d_zo;
@@ -93,7 +104,7 @@ _Pragma("omp simd reduction(+ : sum_ci, sum_cf, sum_co)")
       dcp[k] = d.c_prev + d.zi * w.ci + d.zf * w.cf;
       sum_ci += d.zi * c0;
       sum_cf += d.zf * c0;
-      sum_co += d_zo * u.c;
+      sum_co += d_zo * cn[k];
     }
     if (grad_peephole_partial != nullptr) {
       // (B, 3, C) partial sums, reduced over the batch by the caller.
@@ -123,32 +134,34 @@ std::vector<at::Tensor> convlstm_gates_forward(const at::Tensor& z, const at::Te
                                                const c10::optional<at::Tensor>& peephole,
                                                double forget_bias) {
   check_common(z, c_prev, peephole);
-  auto h = at::empty(c_prev.sizes(), c_prev.options());
-  auto c = at::empty(c_prev.sizes(), c_prev.options());
+  auto h = new_output(c_prev.sizes(), c_prev.options());
+  auto c = new_output(c_prev.sizes(), c_prev.options());
+  auto acts = new_output(z.sizes(), z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "convlstm_gates_forward", [&] {
     forward_kernel<scalar_t>(z, c_prev,
                              peephole.has_value() ? peephole->data_ptr<scalar_t>() : nullptr,
-                             static_cast<scalar_t>(forget_bias), h, c);
+                             static_cast<scalar_t>(forget_bias), h, c, acts);
   });
-  return {h, c};
+  return {h, c, acts};
 }
 
 std::vector<at::Tensor> convlstm_gates_backward(const at::Tensor& grad_h,
-                                                const at::Tensor& grad_c, const at::Tensor& z,
-                                                const at::Tensor& c_prev,
-                                                const c10::optional<at::Tensor>& peephole,
-                                                double forget_bias) {
-  check_common(z, c_prev, peephole);
+                                                const at::Tensor& grad_c, const at::Tensor& acts,
+                                                const at::Tensor& c_prev, const at::Tensor& c,
+                                                const c10::optional<at::Tensor>& peephole) {
+  check_common(acts, c_prev, peephole);
+  check_planes(c, "c", c_prev.size(1), c_prev);
   check_planes(grad_h, "grad_h", c_prev.size(1), c_prev);
   check_planes(grad_c, "grad_c", c_prev.size(1), c_prev);
-  auto grad_z = at::empty(z.sizes(), z.options());
-  auto grad_c_prev = at::empty(c_prev.sizes(), c_prev.options());
+  auto grad_z = new_output(acts.sizes(), acts.options());
+  auto grad_c_prev = new_output(c_prev.sizes(), c_prev.options());
   at::Tensor partial, grad_peephole;
-  if (peephole.has_value()) partial = at::empty({c_prev.size(0), 3, c_prev.size(1)}, c_prev.options());
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "convlstm_gates_backward", [&] {
-    backward_kernel<scalar_t>(grad_h, grad_c, z, c_prev,
+  if (peephole.has_value())
+    partial = new_output({c_prev.size(0), 3, c_prev.size(1)}, c_prev.options());
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "convlstm_gates_backward", [&] {
+    backward_kernel<scalar_t>(grad_h, grad_c, acts, c_prev, c,
                               peephole.has_value() ? peephole->data_ptr<scalar_t>() : nullptr,
-                              static_cast<scalar_t>(forget_bias), grad_z, grad_c_prev,
+                              grad_z, grad_c_prev,
                               peephole.has_value() ? partial.data_ptr<scalar_t>() : nullptr);
   });
   if (peephole.has_value()) grad_peephole = partial.sum(0);

@@ -51,11 +51,11 @@ std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Ten
   check_planes(zh, "zh", 4 * C, c_prev);
   check_planes(zm, "zm", 3 * C, c_prev);
   const int64_t B = c_prev.size(0), H = c_prev.size(2), W = c_prev.size(3), HW = H * W;
-  auto cm = at::empty({B, 2 * C, H, W}, c_prev.options());
-  auto o_partial = at::empty({B, C, H, W}, c_prev.options());
-  auto acts = at::empty({B, 6 * C, H, W}, c_prev.options());
+  auto cm = new_output({B, 2 * C, H, W}, c_prev.options());
+  auto o_partial = new_output({B, C, H, W}, c_prev.options());
+  auto acts = new_output({B, 6 * C, H, W}, c_prev.options());
   at::Tensor deltas;
-  if (return_deltas) deltas = at::empty({B, 2 * C, H, W}, c_prev.options());
+  if (return_deltas) deltas = new_output({B, 2 * C, H, W}, c_prev.options());
   AT_DISPATCH_FLOATING_TYPES(zx.scalar_type(), "stlstm_gates_forward", [&] {
     using T = scalar_t;
     auto X = planes<T>(zx), Hh = planes<T>(zh), M = planes<T>(zm);
@@ -77,7 +77,7 @@ std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Ten
       T* __restrict op = OP.at(b, ch);
       T* __restrict a[6];
       for (int j = 0; j < 6; ++j) a[j] = A.at(b, j * C + ch);
-_Pragma("omp simd")
+      _Pragma("omp simd")
       for (int64_t k = 0; k < HW; ++k) {
         T act[6];
         dual_forward<T>(x[0][k] + hh[0][k], x[1][k] + hh[1][k], x[2][k] + hh[2][k],
@@ -89,7 +89,7 @@ _Pragma("omp simd")
       if (return_deltas) {
         T* __restrict dc = D.at(b, ch);
         T* __restrict dm = D.at(b, C + ch);
-_Pragma("omp simd")
+        _Pragma("omp simd")
         for (int64_t k = 0; k < HW; ++k) {
           dc[k] = a[0][k] * a[2][k];
           dm[k] = a[3][k] * a[5][k];
@@ -113,11 +113,11 @@ std::vector<at::Tensor> stlstm_gates_backward(const at::Tensor& grad_cm,
   check_planes(grad_o_partial, "grad_o_partial", C, c_prev);
   if (grad_deltas.has_value()) check_planes(*grad_deltas, "grad_deltas", 2 * C, c_prev);
   const int64_t B = c_prev.size(0), H = c_prev.size(2), W = c_prev.size(3), HW = H * W;
-  auto grad_zx = at::empty({B, 7 * C, H, W}, c_prev.options());
-  auto grad_zh = at::empty({B, 4 * C, H, W}, c_prev.options());
-  auto grad_zm = at::empty({B, 3 * C, H, W}, c_prev.options());
-  auto grad_c_prev = at::empty({B, C, H, W}, c_prev.options());
-  auto grad_m_prev = at::empty({B, C, H, W}, c_prev.options());
+  auto grad_zx = new_output({B, 7 * C, H, W}, c_prev.options());
+  auto grad_zh = new_output({B, 4 * C, H, W}, c_prev.options());
+  auto grad_zm = new_output({B, 3 * C, H, W}, c_prev.options());
+  auto grad_c_prev = new_output({B, C, H, W}, c_prev.options());
+  auto grad_m_prev = new_output({B, C, H, W}, c_prev.options());
   // Gradients through delta_c = i*g and delta_m = i'*g' fold into the memory gradients'
   // i/g terms; when absent they are zero and the same loop serves.
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "stlstm_gates_backward", [&] {
@@ -147,7 +147,7 @@ std::vector<at::Tensor> stlstm_gates_backward(const at::Tensor& grad_cm,
       T* __restrict dmp = DMP.at(b, ch);
       const T* __restrict ddc = has_dd ? DD.at(b, ch) : nullptr;
       const T* __restrict ddm = has_dd ? DD.at(b, C + ch) : nullptr;
-_Pragma("omp simd")
+      _Pragma("omp simd")
       for (int64_t k = 0; k < HW; ++k) {
         const auto d = memory_update_backward(dcn[k], a[0][k], a[1][k], a[2][k], cp[k]);
         const auto e = memory_update_backward(dmn[k], a[3][k], a[4][k], a[5][k], mp[k]);
@@ -163,7 +163,7 @@ _Pragma("omp simd")
       }
       if (has_dd) {
         // d(i*g)/dzi = g * i(1-i), d(i*g)/dzg = i * (1-g^2): the memory terms with dc = 1.
-_Pragma("omp simd")
+        _Pragma("omp simd")
         for (int64_t k = 0; k < HW; ++k) {
           const auto d = memory_update_backward(ddc[k], a[0][k], a[1][k], a[2][k], T(0));
           const auto e = memory_update_backward(ddm[k], a[3][k], a[4][k], a[5][k], T(0));
@@ -187,9 +187,9 @@ std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Ten
   check_planes(z1, "z1", 4 * C, c1_prev);
   check_planes(z2, "z2", 4 * C, c1_prev);
   const int64_t B = c1_prev.size(0), H = c1_prev.size(2), W = c1_prev.size(3), HW = H * W;
-  auto cc = at::empty({B, 2 * C, H, W}, c1_prev.options());
-  auto o_partial = at::empty({B, C, H, W}, c1_prev.options());
-  auto acts = at::empty({B, 6 * C, H, W}, c1_prev.options());
+  auto cc = new_output({B, 2 * C, H, W}, c1_prev.options());
+  auto o_partial = new_output({B, C, H, W}, c1_prev.options());
+  auto acts = new_output({B, 6 * C, H, W}, c1_prev.options());
   AT_DISPATCH_FLOATING_TYPES(z1.scalar_type(), "mklstm_gates_forward", [&] {
     using T = scalar_t;
     auto Z1 = planes<T>(z1), Z2 = planes<T>(z2), C1 = planes<T>(c1_prev), C2 = planes<T>(c2_prev);
@@ -208,7 +208,7 @@ std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Ten
       T* __restrict op = OP.at(b, ch);
       T* __restrict a[6];
       for (int j = 0; j < 6; ++j) a[j] = A.at(b, j * C + ch);
-_Pragma("omp simd")
+      _Pragma("omp simd")
       for (int64_t k = 0; k < HW; ++k) {
         T act[6];
         dual_forward<T>(p[0][k], p[1][k], p[2][k], q[0][k], q[1][k], q[2][k], T(0), c1[k], c2[k],
@@ -232,10 +232,10 @@ std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
   check_planes(grad_cc, "grad_cc", 2 * C, c1_prev);
   check_planes(grad_o_partial, "grad_o_partial", C, c1_prev);
   const int64_t B = c1_prev.size(0), H = c1_prev.size(2), W = c1_prev.size(3), HW = H * W;
-  auto grad_z1 = at::empty({B, 4 * C, H, W}, c1_prev.options());
-  auto grad_z2 = at::empty({B, 4 * C, H, W}, c1_prev.options());
-  auto grad_c1 = at::empty({B, C, H, W}, c1_prev.options());
-  auto grad_c2 = at::empty({B, C, H, W}, c1_prev.options());
+  auto grad_z1 = new_output({B, 4 * C, H, W}, c1_prev.options());
+  auto grad_z2 = new_output({B, 4 * C, H, W}, c1_prev.options());
+  auto grad_c1 = new_output({B, C, H, W}, c1_prev.options());
+  auto grad_c2 = new_output({B, C, H, W}, c1_prev.options());
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "mklstm_gates_backward", [&] {
     using T = scalar_t;
     auto A = planes<T>(acts), C1 = planes<T>(c1_prev), C2 = planes<T>(c2_prev);
@@ -258,7 +258,7 @@ std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
       }
       T* __restrict d1 = DC1.at(b, ch);
       T* __restrict d2 = DC2.at(b, ch);
-_Pragma("omp simd")
+      _Pragma("omp simd")
       for (int64_t k = 0; k < HW; ++k) {
         const auto d = memory_update_backward(dn1[k], a[0][k], a[1][k], a[2][k], c1[k]);
         const auto e = memory_update_backward(dn2[k], a[3][k], a[4][k], a[5][k], c2[k]);

@@ -11,10 +11,9 @@ std::vector<at::Tensor> convlstm_gates_forward(const at::Tensor& z, const at::Te
                                                const c10::optional<at::Tensor>& peephole,
                                                double forget_bias);
 std::vector<at::Tensor> convlstm_gates_backward(const at::Tensor& grad_h,
-                                                const at::Tensor& grad_c, const at::Tensor& z,
-                                                const at::Tensor& c_prev,
-                                                const c10::optional<at::Tensor>& peephole,
-                                                double forget_bias);
+                                                const at::Tensor& grad_c, const at::Tensor& acts,
+                                                const at::Tensor& c_prev, const at::Tensor& c,
+                                                const c10::optional<at::Tensor>& peephole);
 
 std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Tensor& zh,
                                              const at::Tensor& zm, const at::Tensor& c_prev,
@@ -34,7 +33,6 @@ std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
 
 std::vector<at::Tensor> output_gate_forward(const at::Tensor& o_partial, const at::Tensor& zo,
                                             const at::Tensor& zl);
-std::vector<at::Tensor> output_gate_backward(const at::Tensor& grad_h, const at::Tensor& o_pre,
-                                             const at::Tensor& zl);
+std::vector<at::Tensor> output_gate_backward(const at::Tensor& grad_h, const at::Tensor& acts);
 
 }  // namespace fastcells

@@ -9,6 +9,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <limits>
+
 namespace fastcells {
 
 template <typename T>
@@ -18,6 +20,13 @@ struct Planes {
   int64_t hw = 0;
   inline T* at(int64_t b, int64_t c) const { return data + b * batch_stride + c * hw; }
 };
+
+// Contiguous H*W planes with channel stride H*W; the strides of size-1 dims never matter.
+inline bool has_planes(const at::Tensor& t) {
+  const int64_t w = t.size(3), hw = t.size(2) * w;
+  return (w == 1 || t.stride(3) == 1) && (t.size(2) == 1 || t.stride(2) == w) &&
+         (t.size(1) == 1 || t.stride(1) == hw);
+}
 
 // Checks the layout the kernels rely on (the Python wrappers guarantee it).
 inline void check_planes(const at::Tensor& t, const char* name, int64_t channels,
@@ -30,8 +39,19 @@ inline void check_planes(const at::Tensor& t, const char* name, int64_t channels
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, ": dtype ", t.scalar_type(),
               " differs from ", like.scalar_type());
   TORCH_CHECK(t.device().is_cpu(), name, ": the cpp backend runs on CPU tensors");
-  TORCH_CHECK(t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3),
-              name, ": planes must be contiguous (NCHW layout)");
+  TORCH_CHECK(has_planes(t), name, ": planes must be contiguous (NCHW layout)");
+}
+
+// Test hook: when set, kernel outputs start NaN-filled so that an element a kernel forgets
+// to write shows up as NaN instead of passing with leftover memory.
+inline bool& poison_outputs() {
+  static bool flag = false;
+  return flag;
+}
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return poison_outputs() ? at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options)
+                          : at::empty(sizes, options);
 }
 
 template <typename T>

@@ -54,10 +54,8 @@ class _StackedCells(nn.Module):
         else:
             raise ValueError(f"state: expected a list of {self.num_layers} per-layer state tuples "
                              f"(as returned in last_states), got {type(state).__name__}")
-        like = torch.empty(0, dtype=x.dtype, device=x.device).expand(
-            frame0.shape[0], self.hidden_size, *frame0.shape[2:])
-        states = [cell._resolve_state(frame0 if i == 0 else like, s)
-                  for i, (cell, s) in enumerate(zip(self.cells, states))]
+        # state shapes depend on the frame's batch and spatial size, not on its channels
+        states = [cell._resolve_state(frame0, s) for cell, s in zip(self.cells, states)]
 
         zx = None
         if first._backend_for(frame0) != "reference" and not first.memory_efficient:

@@ -12,10 +12,11 @@ def planar(t: Tensor) -> Tensor:
     and m halves of ST-LSTM's [c; m] buffer) pass without a copy; channels_last and other
     layouts are made contiguous.
     """
-    _, _, h, w = t.shape
-    if t.stride(3) == 1 and t.stride(2) == w and t.stride(1) == h * w:
-        return t
-    return t.contiguous()
+    _, c, h, w = t.shape
+    if ((w == 1 or t.stride(3) == 1) and (h == 1 or t.stride(2) == w)
+            and (c == 1 or t.stride(1) == h * w)):
+        return t  # the strides of size-1 dims never matter (kept in sync with planes.h)
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
@@ -28,4 +29,4 @@ def grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
 def new_planes(like: Tensor, channels: int) -> Tensor:
     """Fake-tensor result matching what the kernels allocate (contiguous NCHW)."""
     b, _, h, w = like.shape
-    return like.new_empty((b, channels, h, w), memory_format=torch.contiguous_format)
+    return like.new_empty((b, channels, h, w))  # new_empty is always contiguous

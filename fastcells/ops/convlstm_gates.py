@@ -39,46 +39,49 @@ def convlstm_gates_ref(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = N
 
 @torch.library.custom_op("fastcells::convlstm_gates", mutates_args=(), device_types="cpu")
 def _convlstm_gates_op(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor],
-                       forget_bias: float) -> Tuple[Tensor, Tensor]:
-    h, c = _ext.cpp_extension().convlstm_gates_forward(planar(z), planar(c_prev), peephole,
-                                                        forget_bias)
-    return h, c
+                       forget_bias: float) -> Tuple[Tensor, Tensor, Tensor]:
+    h, c, acts = _ext.cpp_extension().convlstm_gates_forward(planar(z), planar(c_prev),
+                                                              peephole, forget_bias)
+    return h, c, acts
 
 
 @_convlstm_gates_op.register_fake
 def _(z, c_prev, peephole, forget_bias):
-    return new_planes(c_prev, c_prev.shape[1]), new_planes(c_prev, c_prev.shape[1])
+    C = c_prev.shape[1]
+    return new_planes(c_prev, C), new_planes(c_prev, C), new_planes(c_prev, 4 * C)
 
 
 @torch.library.custom_op("fastcells::convlstm_gates_backward", mutates_args=(),
                          device_types="cpu")
-def _convlstm_gates_backward_op(grad_h: Tensor, grad_c: Tensor, z: Tensor, c_prev: Tensor,
-                                peephole: Optional[Tensor],
-                                forget_bias: float) -> Tuple[Tensor, Tensor, Tensor]:
+def _convlstm_gates_backward_op(grad_h: Tensor, grad_c: Tensor, acts: Tensor, c_prev: Tensor,
+                                c: Tensor, peephole: Optional[Tensor]
+                                ) -> Tuple[Tensor, Tensor, Tensor]:
     dz, dc_prev, dpeep = _ext.cpp_extension().convlstm_gates_backward(
-        planar(grad_h), planar(grad_c), planar(z), planar(c_prev), peephole, forget_bias)
+        planar(grad_h), planar(grad_c), acts, planar(c_prev), c, peephole)
     # custom ops cannot return None: an empty tensor stands for "no peephole".
-    return dz, dc_prev, dpeep if dpeep is not None else z.new_empty(0)
+    return dz, dc_prev, dpeep if dpeep is not None else acts.new_empty(0)
 
 
 @_convlstm_gates_backward_op.register_fake
-def _(grad_h, grad_c, z, c_prev, peephole, forget_bias):
-    dpeep = peephole.new_empty(peephole.shape) if peephole is not None else z.new_empty(0)
-    return new_planes(z, z.shape[1]), new_planes(c_prev, c_prev.shape[1]), dpeep
+def _(grad_h, grad_c, acts, c_prev, c, peephole):
+    dpeep = peephole.new_empty(peephole.shape) if peephole is not None else acts.new_empty(0)
+    return new_planes(acts, acts.shape[1]), new_planes(c_prev, c_prev.shape[1]), dpeep
 
 
 def _setup_context(ctx, inputs, output):
-    z, c_prev, peephole, forget_bias = inputs
-    # The minimum: pre-activations and the previous memory; activations are recomputed.
-    ctx.save_for_backward(z, c_prev, peephole)
-    ctx.forget_bias = forget_bias
+    _, c_prev, peephole, _ = inputs
+    _, c, acts = output
+    # The gate activations replace the pre-activations z (same size; z is freed), so the
+    # backward needs no sigmoid; c is kept alive by the next step anyway.
+    ctx.mark_non_differentiable(acts)
+    ctx.set_materialize_grads(False)  # no zero-filled grads for unused outputs
+    ctx.save_for_backward(acts, c_prev, c, peephole)
 
 
-def _backward(ctx, grad_h, grad_c):
-    z, c_prev, peephole = ctx.saved_tensors
+def _backward(ctx, grad_h, grad_c, _grad_acts):
+    acts, c_prev, c, peephole = ctx.saved_tensors
     dz, dc_prev, dpeep = torch.ops.fastcells.convlstm_gates_backward(
-        grad_or_zeros(grad_h, c_prev), grad_or_zeros(grad_c, c_prev), z, c_prev, peephole,
-        ctx.forget_bias)
+        grad_or_zeros(grad_h, c_prev), grad_or_zeros(grad_c, c_prev), acts, c_prev, c, peephole)
     return dz, dc_prev, (dpeep if peephole is not None else None), None
 
 
@@ -90,4 +93,5 @@ def convlstm_gates_cpp(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = N
     """Fused C++ kernel; same contract as :func:`convlstm_gates_ref`."""
     if peephole is not None:
         peephole = peephole.contiguous()
-    return torch.ops.fastcells.convlstm_gates(z, c_prev, peephole, float(forget_bias))
+    h, c, _ = torch.ops.fastcells.convlstm_gates(z, c_prev, peephole, float(forget_bias))
+    return h, c

@@ -98,6 +98,7 @@ def _stlstm_setup(ctx, inputs, output):
     *_, c_prev, m_prev, return_deltas = inputs
     cm, _, acts, _ = output
     ctx.mark_non_differentiable(acts)
+    ctx.set_materialize_grads(False)  # no zero-filled grads for unused outputs
     ctx.save_for_backward(acts, c_prev, m_prev)
     ctx.return_deltas = return_deltas
 
@@ -163,6 +164,7 @@ def _mklstm_setup(ctx, inputs, output):
     _, _, c1_prev, c2_prev = inputs
     _, _, acts = output
     ctx.mark_non_differentiable(acts)
+    ctx.set_materialize_grads(False)  # no zero-filled grads for unused outputs
     ctx.save_for_backward(acts, c1_prev, c2_prev)
 
 

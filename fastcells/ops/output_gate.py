@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import grad_or_zeros, new_planes, planar
+from ._common import new_planes, planar
 
 
 def output_gate_ref(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
@@ -21,37 +21,41 @@ def output_gate_ref(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
 
 @torch.library.custom_op("fastcells::output_gate", mutates_args=(), device_types="cpu")
 def _output_gate_op(o_partial: Tensor, zo: Tensor, zl: Tensor) -> tuple[Tensor, Tensor]:
-    h, o_pre = _ext.cpp_extension().output_gate_forward(planar(o_partial), planar(zo), planar(zl))
-    return h, o_pre
+    h, acts = _ext.cpp_extension().output_gate_forward(planar(o_partial), planar(zo), planar(zl))
+    return h, acts
 
 
 @_output_gate_op.register_fake
 def _(o_partial, zo, zl):
-    return new_planes(zl, zl.shape[1]), new_planes(zl, zl.shape[1])
+    return new_planes(zl, zl.shape[1]), new_planes(zl, 2 * zl.shape[1])
 
 
 @torch.library.custom_op("fastcells::output_gate_backward", mutates_args=(),
                          device_types="cpu")
-def _output_gate_backward_op(grad_h: Tensor, o_pre: Tensor, zl: Tensor) -> tuple[Tensor, Tensor]:
-    d_o, d_l = _ext.cpp_extension().output_gate_backward(planar(grad_h), planar(o_pre), planar(zl))
+def _output_gate_backward_op(grad_h: Tensor, acts: Tensor) -> tuple[Tensor, Tensor]:
+    d_o, d_l = _ext.cpp_extension().output_gate_backward(planar(grad_h), acts)
     return d_o, d_l
 
 
 @_output_gate_backward_op.register_fake
-def _(grad_h, o_pre, zl):
-    return new_planes(zl, zl.shape[1]), new_planes(zl, zl.shape[1])
+def _(grad_h, acts):
+    return new_planes(grad_h, grad_h.shape[1]), new_planes(grad_h, grad_h.shape[1])
 
 
 def _setup_context(ctx, inputs, output):
-    _, _, zl = inputs
-    _, o_pre = output
-    ctx.mark_non_differentiable(o_pre)
-    ctx.save_for_backward(o_pre, zl)
+    _, acts = output
+    # (o, tanh(zl)) replace the inputs for backward: same bytes as (o_pre, zl), no exp.
+    ctx.mark_non_differentiable(acts)
+    ctx.set_materialize_grads(False)  # no zero-filled grads for unused outputs
+    ctx.save_for_backward(acts)
 
 
-def _backward(ctx, grad_h, _grad_o_pre):
-    o_pre, zl = ctx.saved_tensors
-    d_o, d_l = torch.ops.fastcells.output_gate_backward(grad_or_zeros(grad_h, zl), o_pre, zl)
+def _backward(ctx, grad_h, _grad_acts):
+    (acts,) = ctx.saved_tensors
+    b, c2, h, w = acts.shape
+    if grad_h is None:
+        grad_h = acts.new_zeros((b, c2 // 2, h, w))
+    d_o, d_l = torch.ops.fastcells.output_gate_backward(planar(grad_h), acts)
     return d_o, d_o, d_l
 
 

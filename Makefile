@@ -1,0 +1,26 @@
+# Two commands set up a fresh machine and run everything:
+#   make demo   installs, builds the C++ extension, runs the CPU benchmark demo
+#   make test   installs, builds, runs the test suite
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: setup demo test bench clean
+
+# torch first (the local CPU wheel), then the extension against it without build isolation
+# (isolation would pull a fresh multi-GB torch into the build environment).
+setup:
+	$(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)" numpy pybind11 ninja pytest pytest-benchmark expecttest
+	$(PYTHON) -m pip install -q --no-build-isolation -e .
+
+demo: setup
+	$(PYTHON) -m fastcells.bench --quick
+
+test: setup
+	$(PYTHON) -m pytest tests -q
+
+bench: setup
+	$(PYTHON) -m fastcells.bench --json benchmarks/results/cpu.json --markdown benchmarks/results/cpu.md
+	$(PYTHON) -m pytest benchmarks -q --benchmark-columns=median,iqr,rounds
+
+clean:
+	rm -rf build fastcells/_C*.so *.egg-info

@@ -1,0 +1,36 @@
+"""torch.compile(fullgraph=True) traces the fused cells through the torch.library ops."""
+import pytest
+import torch
+
+import fastcells as fc
+
+from .conftest import requires_cpp
+from .helpers import RTOL, assert_close, make_cells
+
+pytestmark = requires_cpp
+
+
+@pytest.mark.parametrize("config", ["convlstm_peephole", "stlstm", "mklstm", "convttlstm"])
+def test_fullgraph_aot_eager(config):
+    """Dynamo captures the whole step, forward and backward, without a graph break."""
+    torch._dynamo.reset()
+    ref, cpp = make_cells(config, [("reference", {}), ("cpp", {})])
+    x = torch.randn(2, 3, 9, 11, requires_grad=True)
+    compiled = torch.compile(cpp, fullgraph=True, backend="aot_eager")
+    out_c = compiled(x)[0]
+    out_r = ref(x)[0]
+    assert_close(out_c, out_r, RTOL[torch.float32])
+    g_c = torch.autograd.grad(out_c.sum(), [x, *cpp.parameters()])
+    g_r = torch.autograd.grad(out_r.sum(), [x, *ref.parameters()])
+    for a, e in zip(g_c, g_r):
+        assert_close(a, e, RTOL[torch.float32])
+
+
+def test_inductor_compiles_a_sequence_layer():
+    torch._dynamo.reset()
+    layer = fc.ConvLSTM(3, 4, num_layers=2, backend="cpp")
+    ref = fc.ConvLSTM(3, 4, num_layers=2, backend="reference")
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 3, 3, 8, 8)
+    out = torch.compile(layer, fullgraph=True)(x)[0]
+    assert_close(out, ref(x)[0], RTOL[torch.float32])

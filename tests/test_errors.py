@@ -1,0 +1,125 @@
+"""Bad input raises a clear ValueError/TypeError naming the argument, before any kernel runs;
+unavailable backends raise with instructions; auto falls back (with one warning) only when
+the extension is missing."""
+import warnings
+
+import pytest
+import torch
+
+import fastcells as fc
+from fastcells import _ext, backends
+
+from .conftest import requires_cpp
+
+CELLS = [
+    lambda **kw: fc.ConvLSTMCell(3, 4, **kw),
+    lambda **kw: fc.SpatioTemporalLSTMCell(3, 4, **kw),
+    lambda **kw: fc.MKLSTMCell(3, 4, **kw),
+    lambda **kw: fc.ConvTTLSTMCell(3, 4, **kw),
+]
+IDS = ["convlstm", "stlstm", "mklstm", "convttlstm"]
+
+
+@pytest.mark.parametrize("make", CELLS, ids=IDS)
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=requires_cpp)])
+def test_bad_inputs(make, backend):
+    cell = make(backend=backend)
+    with pytest.raises(ValueError, match=r"x: expected shape \(B, 3, H, W\)"):
+        cell(torch.randn(3, 5, 5))  # rank
+    with pytest.raises(ValueError, match=r"x: expected shape \(B, 3, H, W\), got \(1, 2, 5, 5\)"):
+        cell(torch.randn(1, 2, 5, 5))  # channels
+    with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
+        cell(torch.ones(1, 3, 5, 5, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x: expected a Tensor"):
+        cell([[1.0]])
+    with pytest.raises(TypeError, match="dtype torch.float64 differs"):
+        cell(torch.randn(1, 3, 5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="device meta differs"):
+        cell(torch.randn(1, 3, 5, 5, device="meta"))
+    x = torch.randn(2, 3, 5, 6)
+    good = cell(x)
+    bad = tuple(t[:, :, :4] if isinstance(t, torch.Tensor) else t for t in good)
+    with pytest.raises(ValueError, match=r"state.*expected shape \(2, 4, 5, 6\)"):
+        cell(x, bad)
+    with pytest.raises(ValueError, match="state: expected"):
+        cell(x, good[:1])
+
+
+def test_bad_history():
+    cell = fc.ConvTTLSTMCell(3, 4, steps=3, backend="reference")
+    x = torch.randn(1, 3, 5, 5)
+    h, c, hist = cell(x)
+    with pytest.raises(ValueError, match=r"history\[2\]"):
+        cell(x, (h, c, hist[:2]))
+
+
+def test_layer_norm_fixes_spatial_size():
+    with pytest.raises(ValueError, match="spatial_size"):
+        fc.SpatioTemporalLSTMCell(3, 4, layer_norm=True)
+    cell = fc.SpatioTemporalLSTMCell(3, 4, layer_norm=True, spatial_size=(6, 7),
+                                     backend="reference")
+    with pytest.raises(ValueError, match=r"x: expected shape \(B, 3, 6, 7\), got \(1, 3, 7, 6\)"):
+        cell(torch.randn(1, 3, 7, 6))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="kernel_size must be an odd"):
+        fc.ConvLSTMCell(3, 4, kernel_size=4)
+    with pytest.raises(ValueError, match="backend must be"):
+        fc.ConvLSTMCell(3, 4, backend="cuda-magic")
+    with pytest.raises(ValueError, match="steps >= order"):
+        fc.ConvTTLSTMCell(3, 4, order=3, steps=2)
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        fc.MKLSTMCell(3, 4, kernel_sizes=(3,))
+    with pytest.raises(ValueError, match="num_layers"):
+        fc.ConvLSTM(3, 4, num_layers=0)
+
+
+def test_sequence_layer_bad_inputs():
+    layer = fc.ConvLSTM(3, 4, num_layers=2, backend="reference")
+    with pytest.raises(ValueError, match=r"x: expected shape \(B, T, 3, H, W\)"):
+        layer(torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match="list of 2 per-layer"):
+        layer(torch.randn(1, 2, 3, 5, 5), state=[None])
+    with pytest.raises(ValueError, match="sequence is empty"):
+        layer(torch.randn(1, 0, 3, 5, 5))
+
+
+@requires_cpp
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpp_rejects_unsupported_dtypes(dtype):
+    cell = fc.ConvLSTMCell(3, 4, backend="cpp").to(dtype)
+    with pytest.raises(TypeError, match="backend 'cpp' supports float32 and float64"):
+        cell(torch.randn(1, 3, 5, 5, dtype=dtype))
+
+
+@requires_cpp
+def test_cpp_rejects_other_devices():
+    with pytest.raises(ValueError, match="backend 'cpp' runs on CPU tensors"):
+        backends.check_supported("cpp", torch.device("cuda"), torch.float32)
+
+
+@pytest.fixture
+def no_extension(monkeypatch):
+    """Simulates a machine where fastcells._C was never built."""
+    monkeypatch.setattr(_ext, "_loaded", True)
+    monkeypatch.setattr(_ext, "_module", None)
+    monkeypatch.setattr(_ext, "_error", ImportError("No module named 'fastcells._C'"))
+    monkeypatch.setattr(backends, "_warned_missing_cpp", False)
+
+
+def test_missing_extension_explicit_cpp_raises(no_extension):
+    with pytest.raises(ImportError, match="pip install --no-build-isolation -e ."):
+        fc.ConvLSTMCell(3, 4, backend="cpp")
+    assert not _ext.cpp_available()
+    assert fc.available_backends("cpu") == ["reference"]
+
+
+def test_missing_extension_auto_warns_once_and_uses_reference(no_extension):
+    cell = fc.MKLSTMCell(3, 4)
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ extension is missing"):
+        assert cell.backend == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h, _, _ = cell(torch.randn(1, 3, 5, 5))  # no second warning
+    assert h.shape == (1, 4, 5, 5)

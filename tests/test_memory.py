@@ -1,0 +1,39 @@
+"""The saved-tensor counter is exact; the fused backends keep less than the reference.
+
+The memory *targets* (ratios) are measured in benchmarks/; here only the accounting and
+the direction are checked."""
+import pytest
+import torch
+
+import fastcells as fc
+from fastcells.utils import saved_tensor_bytes
+
+from .conftest import requires_cpp
+
+
+def test_counter_counts_unique_storages_and_excludes_parameters():
+    w = torch.nn.Parameter(torch.randn(8))
+    x = torch.randn(8, requires_grad=True)
+    # mul saves x and w; sin saves its input y; the parameter w is excluded
+    n = saved_tensor_bytes(lambda: torch.sin(x * w), exclude=[w])
+    assert n == 2 * 8 * 4  # x and y = x * w
+    # sin saves x, cos saves the view x[2:] (same storage: counted once), exp its result
+    n = saved_tensor_bytes(lambda: x.sin().sum() + x[2:].cos().sum() + x[:3].exp().sum())
+    assert n == 8 * 4 + 3 * 4
+
+
+@requires_cpp
+@pytest.mark.parametrize("layer", [
+    lambda **kw: fc.ConvLSTM(8, 8, num_layers=2, **kw),
+    lambda **kw: fc.SpatioTemporalLSTM(8, 8, num_layers=2, **kw),
+    lambda **kw: fc.MKLSTM(8, 8, num_layers=2, **kw),
+    lambda **kw: fc.ConvTTLSTM(8, 8, num_layers=2, **kw),
+], ids=["convlstm", "stlstm", "mklstm", "convttlstm"])
+def test_fused_saves_less(layer):
+    x = torch.randn(2, 4, 8, 12, 12)
+    counts = {}
+    for name, kw in [("reference", {"backend": "reference"}), ("cpp", {"backend": "cpp"}),
+                     ("memeff", {"backend": "cpp", "memory_efficient": True})]:
+        m = layer(**kw)
+        counts[name] = saved_tensor_bytes(lambda: m(x), exclude=m.parameters())
+    assert counts["memeff"] < counts["cpp"] < counts["reference"]
