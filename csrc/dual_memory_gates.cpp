@@ -19,25 +19,105 @@ namespace fastcells {
 
 namespace {
 
-// Forward of one element pair: writes the new memories and the six activations.
+// Pointers to one (b, ch) plane of every tensor a two-memory kernel touches. Named
+// pointers (not arrays of pointers) keep __restrict meaningful, so GCC vectorizes.
 template <typename T>
-static inline void dual_forward(T zi, T zf, T zg, T zi2, T zf2, T zg2, T forget_bias, T c0,
-                                T m0, T& c, T& m, T* acts6) {
-  const auto u = memory_update(zi, zf + forget_bias, zg, c0);
-  const auto v = memory_update(zi2, zf2 + forget_bias, zg2, m0);
-  c = u.c;
-  m = v.c;
-  acts6[0] = u.i; acts6[1] = u.f; acts6[2] = u.g;
-  acts6[3] = v.i; acts6[4] = v.f; acts6[5] = v.g;
+struct Gate3 {  // i, f, g planes of one memory
+  T* i;
+  T* f;
+  T* g;
+};
+
+template <typename T>
+inline Gate3<T> gate3(const Planes<T>& p, int64_t b, int64_t first, int64_t C) {
+  return {p.at(b, first), p.at(b, first + C), p.at(b, first + 2 * C)};
+}
+
+// Forward of both memories for one plane. With two_sources, each memory's (i, f, g)
+// pre-activations are a + b (ST-LSTM: conv_x + conv_h, conv_x + conv_m); otherwise a alone
+// (MK-LSTM, whose branches were summed by the convolution). `o1 + o2` is the partial
+// output pre-activation.
+template <typename T>
+void dual_forward_plane(Gate3<T> a1, Gate3<T> b1, Gate3<T> a2, Gate3<T> b2, const T* o1,
+                        const T* o2, const T* c1_prev, const T* c2_prev, T forget_bias,
+                        bool two_sources, T* __restrict c1, T* __restrict c2,
+                        T* __restrict o_partial, Gate3<T> act1, Gate3<T> act2, int64_t hw) {
+  const T* __restrict ai1 = a1.i; const T* __restrict af1 = a1.f; const T* __restrict ag1 = a1.g;
+  const T* __restrict ai2 = a2.i; const T* __restrict af2 = a2.f; const T* __restrict ag2 = a2.g;
+  const T* __restrict bi1 = b1.i; const T* __restrict bf1 = b1.f; const T* __restrict bg1 = b1.g;
+  const T* __restrict bi2 = b2.i; const T* __restrict bf2 = b2.f; const T* __restrict bg2 = b2.g;
+  const T* __restrict po1 = o1; const T* __restrict po2 = o2;
+  const T* __restrict cp1 = c1_prev; const T* __restrict cp2 = c2_prev;
+  T* __restrict si1 = act1.i; T* __restrict sf1 = act1.f; T* __restrict sg1 = act1.g;
+  T* __restrict si2 = act2.i; T* __restrict sf2 = act2.f; T* __restrict sg2 = act2.g;
+  if (two_sources) {
+    _Pragma("omp simd")
+    for (int64_t k = 0; k < hw; ++k) {
+      const auto u = memory_update(ai1[k] + bi1[k], af1[k] + bf1[k] + forget_bias,
+                                   ag1[k] + bg1[k], cp1[k]);
+      const auto v = memory_update(ai2[k] + bi2[k], af2[k] + bf2[k] + forget_bias,
+                                   ag2[k] + bg2[k], cp2[k]);
+      c1[k] = u.c; si1[k] = u.i; sf1[k] = u.f; sg1[k] = u.g;
+      c2[k] = v.c; si2[k] = v.i; sf2[k] = v.f; sg2[k] = v.g;
+      o_partial[k] = po1[k] + po2[k];
+    }
+  } else {
+    _Pragma("omp simd")
+    for (int64_t k = 0; k < hw; ++k) {
+      const auto u = memory_update(ai1[k], af1[k] + forget_bias, ag1[k], cp1[k]);
+      const auto v = memory_update(ai2[k], af2[k] + forget_bias, ag2[k], cp2[k]);
+      c1[k] = u.c; si1[k] = u.i; sf1[k] = u.f; sg1[k] = u.g;
+      c2[k] = v.c; si2[k] = v.i; sf2[k] = v.f; sg2[k] = v.g;
+      o_partial[k] = po1[k] + po2[k];
+    }
+  }
+}
+
+// Backward of both memories for one plane: writes the (i, f, g) pre-activation grads of
+// each memory and the grads of the previous memories.
+template <typename T>
+void dual_backward_plane(const T* dc1_in, const T* dc2_in, Gate3<T> act1, Gate3<T> act2,
+                         const T* c1_prev, const T* c2_prev, Gate3<T> d1, Gate3<T> d2,
+                         T* __restrict dc1_prev, T* __restrict dc2_prev, int64_t hw) {
+  const T* __restrict dn1 = dc1_in; const T* __restrict dn2 = dc2_in;
+  const T* __restrict i1 = act1.i; const T* __restrict f1 = act1.f; const T* __restrict g1 = act1.g;
+  const T* __restrict i2 = act2.i; const T* __restrict f2 = act2.f; const T* __restrict g2 = act2.g;
+  const T* __restrict cp1 = c1_prev; const T* __restrict cp2 = c2_prev;
+  T* __restrict di1 = d1.i; T* __restrict df1 = d1.f; T* __restrict dg1 = d1.g;
+  T* __restrict di2 = d2.i; T* __restrict df2 = d2.f; T* __restrict dg2 = d2.g;
+  _Pragma("omp simd")
+  for (int64_t k = 0; k < hw; ++k) {
+    const auto d = memory_update_backward(dn1[k], i1[k], f1[k], g1[k], cp1[k]);
+    const auto e = memory_update_backward(dn2[k], i2[k], f2[k], g2[k], cp2[k]);
+    di1[k] = d.zi; df1[k] = d.zf; dg1[k] = d.zg; dc1_prev[k] = d.c_prev;
+    di2[k] = e.zi; df2[k] = e.zf; dg2[k] = e.zg; dc2_prev[k] = e.c_prev;
+  }
 }
 
 template <typename T>
-struct DualPlanes {
-  // activations i, f, g, i', f', g' and the memories
-  const T* a[6];
-  const T* c_prev;
-  const T* m_prev;
-};
+void add_delta_grads(const T* ddc, const T* ddm, Gate3<T> act1, Gate3<T> act2, Gate3<T> d1,
+                     Gate3<T> d2, int64_t hw) {
+  // delta_c = i*g, delta_m = i'*g' (PredRNN-v2): their grads are the memory terms with
+  // c_prev = 0, added to the i and g pre-activation grads.
+  const T* __restrict a = ddc; const T* __restrict b = ddm;
+  const T* __restrict i1 = act1.i; const T* __restrict g1 = act1.g;
+  const T* __restrict i2 = act2.i; const T* __restrict g2 = act2.g;
+  T* __restrict di1 = d1.i; T* __restrict dg1 = d1.g; T* __restrict di2 = d2.i;
+  T* __restrict dg2 = d2.g;
+  _Pragma("omp simd")
+  for (int64_t k = 0; k < hw; ++k) {
+    const auto d = memory_update_backward(a[k], i1[k], T(1), g1[k], T(0));
+    const auto e = memory_update_backward(b[k], i2[k], T(1), g2[k], T(0));
+    di1[k] += d.zi; dg1[k] += d.zg; di2[k] += e.zi; dg2[k] += e.zg;
+  }
+}
+
+template <typename T>
+void copy_plane(const T* src, T* __restrict dst, int64_t hw) {
+  const T* __restrict s = src;
+  _Pragma("omp simd")
+  for (int64_t k = 0; k < hw; ++k) dst[k] = s[k];
+}
 
 }  // namespace
 
@@ -64,35 +144,21 @@ std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Ten
     Planes<T> D;
     if (return_deltas) D = planes<T>(deltas);
     for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
-      const T* __restrict x[7];
-      for (int j = 0; j < 7; ++j) x[j] = X.at(b, j * C + ch);
-      const T* __restrict hh[4];
-      for (int j = 0; j < 4; ++j) hh[j] = Hh.at(b, j * C + ch);
-      const T* __restrict mm[3];
-      for (int j = 0; j < 3; ++j) mm[j] = M.at(b, j * C + ch);
-      const T* __restrict cp = CP.at(b, ch);
-      const T* __restrict mp = MP.at(b, ch);
-      T* __restrict cn = CM.at(b, ch);
-      T* __restrict mn = CM.at(b, C + ch);
-      T* __restrict op = OP.at(b, ch);
-      T* __restrict a[6];
-      for (int j = 0; j < 6; ++j) a[j] = A.at(b, j * C + ch);
-      _Pragma("omp simd")
-      for (int64_t k = 0; k < HW; ++k) {
-        T act[6];
-        dual_forward<T>(x[0][k] + hh[0][k], x[1][k] + hh[1][k], x[2][k] + hh[2][k],
-                        x[3][k] + mm[0][k], x[4][k] + mm[1][k], x[5][k] + mm[2][k], T(1), cp[k],
-                        mp[k], cn[k], mn[k], act);
-        for (int j = 0; j < 6; ++j) a[j][k] = act[j];
-        op[k] = x[6][k] + hh[3][k];
-      }
+      const auto act1 = gate3(A, b, ch, C), act2 = gate3(A, b, 3 * C + ch, C);
+      // memory c: (i_x, f_x, g_x) + (i_h, f_h, g_h); memory m: (i'_x, f'_x, g'_x) + (i_m, ...)
+      dual_forward_plane<T>(gate3(X, b, ch, C), gate3(Hh, b, ch, C), gate3(X, b, 3 * C + ch, C),
+                            gate3(M, b, ch, C), X.at(b, 6 * C + ch), Hh.at(b, 3 * C + ch),
+                            CP.at(b, ch), MP.at(b, ch), T(1), true, CM.at(b, ch),
+                            CM.at(b, C + ch), OP.at(b, ch), act1, act2, HW);
       if (return_deltas) {
         T* __restrict dc = D.at(b, ch);
         T* __restrict dm = D.at(b, C + ch);
+        const T* __restrict i1 = act1.i; const T* __restrict g1 = act1.g;
+        const T* __restrict i2 = act2.i; const T* __restrict g2 = act2.g;
         _Pragma("omp simd")
         for (int64_t k = 0; k < HW; ++k) {
-          dc[k] = a[0][k] * a[2][k];
-          dm[k] = a[3][k] * a[5][k];
+          dc[k] = i1[k] * g1[k];
+          dm[k] = i2[k] * g2[k];
         }
       }
     });
@@ -118,8 +184,6 @@ std::vector<at::Tensor> stlstm_gates_backward(const at::Tensor& grad_cm,
   auto grad_zm = new_output({B, 3 * C, H, W}, c_prev.options());
   auto grad_c_prev = new_output({B, C, H, W}, c_prev.options());
   auto grad_m_prev = new_output({B, C, H, W}, c_prev.options());
-  // Gradients through delta_c = i*g and delta_m = i'*g' fold into the memory gradients'
-  // i/g terms; when absent they are zero and the same loop serves.
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "stlstm_gates_backward", [&] {
     using T = scalar_t;
     auto A = planes<T>(acts), CP = planes<T>(c_prev), MP = planes<T>(m_prev);
@@ -130,49 +194,18 @@ std::vector<at::Tensor> stlstm_gates_backward(const at::Tensor& grad_cm,
     Planes<T> DD;
     if (has_dd) DD = planes<T>(*grad_deltas);
     for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
-      const T* __restrict a[6];
-      for (int j = 0; j < 6; ++j) a[j] = A.at(b, j * C + ch);
-      const T* __restrict cp = CP.at(b, ch);
-      const T* __restrict mp = MP.at(b, ch);
-      const T* __restrict dcn = DCM.at(b, ch);
-      const T* __restrict dmn = DCM.at(b, C + ch);
-      const T* __restrict dop = DOP.at(b, ch);
-      T* __restrict dx[7];
-      for (int j = 0; j < 7; ++j) dx[j] = DX.at(b, j * C + ch);
-      T* __restrict dh[4];
-      for (int j = 0; j < 4; ++j) dh[j] = DH.at(b, j * C + ch);
-      T* __restrict dm[3];
-      for (int j = 0; j < 3; ++j) dm[j] = DM.at(b, j * C + ch);
-      T* __restrict dcp = DCP.at(b, ch);
-      T* __restrict dmp = DMP.at(b, ch);
-      const T* __restrict ddc = has_dd ? DD.at(b, ch) : nullptr;
-      const T* __restrict ddm = has_dd ? DD.at(b, C + ch) : nullptr;
-      _Pragma("omp simd")
-      for (int64_t k = 0; k < HW; ++k) {
-        const auto d = memory_update_backward(dcn[k], a[0][k], a[1][k], a[2][k], cp[k]);
-        const auto e = memory_update_backward(dmn[k], a[3][k], a[4][k], a[5][k], mp[k]);
-        dx[0][k] = dh[0][k] = d.zi;
-        dx[1][k] = dh[1][k] = d.zf;
-        dx[2][k] = dh[2][k] = d.zg;
-        dx[3][k] = dm[0][k] = e.zi;
-        dx[4][k] = dm[1][k] = e.zf;
-        dx[5][k] = dm[2][k] = e.zg;
-        dx[6][k] = dh[3][k] = dop[k];
-        dcp[k] = d.c_prev;
-        dmp[k] = e.c_prev;
+      const auto act1 = gate3(A, b, ch, C), act2 = gate3(A, b, 3 * C + ch, C);
+      const auto dx1 = gate3(DX, b, ch, C), dx2 = gate3(DX, b, 3 * C + ch, C);
+      dual_backward_plane<T>(DCM.at(b, ch), DCM.at(b, C + ch), act1, act2, CP.at(b, ch),
+                             MP.at(b, ch), dx1, dx2, DCP.at(b, ch), DMP.at(b, ch), HW);
+      if (has_dd) add_delta_grads<T>(DD.at(b, ch), DD.at(b, C + ch), act1, act2, dx1, dx2, HW);
+      // the summed sources share their gradient: zh and zm get copies of zx's
+      for (int j = 0; j < 3; ++j) {
+        copy_plane<T>(DX.at(b, j * C + ch), DH.at(b, j * C + ch), HW);
+        copy_plane<T>(DX.at(b, (3 + j) * C + ch), DM.at(b, j * C + ch), HW);
       }
-      if (has_dd) {
-        // d(i*g)/dzi = g * i(1-i), d(i*g)/dzg = i * (1-g^2): the memory terms with dc = 1.
-        _Pragma("omp simd")
-        for (int64_t k = 0; k < HW; ++k) {
-          const auto d = memory_update_backward(ddc[k], a[0][k], a[1][k], a[2][k], T(0));
-          const auto e = memory_update_backward(ddm[k], a[3][k], a[4][k], a[5][k], T(0));
-          dx[0][k] += d.zi; dh[0][k] = dx[0][k];
-          dx[2][k] += d.zg; dh[2][k] = dx[2][k];
-          dx[3][k] += e.zi; dm[0][k] = dx[3][k];
-          dx[5][k] += e.zg; dm[2][k] = dx[5][k];
-        }
-      }
+      copy_plane<T>(DOP.at(b, ch), DX.at(b, 6 * C + ch), HW);
+      copy_plane<T>(DOP.at(b, ch), DH.at(b, 3 * C + ch), HW);
     });
   });
   return {grad_zx, grad_zh, grad_zm, grad_c_prev, grad_m_prev};
@@ -195,27 +228,12 @@ std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Ten
     auto Z1 = planes<T>(z1), Z2 = planes<T>(z2), C1 = planes<T>(c1_prev), C2 = planes<T>(c2_prev);
     auto CC = planes<T>(cc), OP = planes<T>(o_partial), A = planes<T>(acts);
     for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
-      const T* __restrict p[4];
-      const T* __restrict q[4];
-      for (int j = 0; j < 4; ++j) {
-        p[j] = Z1.at(b, j * C + ch);
-        q[j] = Z2.at(b, j * C + ch);
-      }
-      const T* __restrict c1 = C1.at(b, ch);
-      const T* __restrict c2 = C2.at(b, ch);
-      T* __restrict n1 = CC.at(b, ch);
-      T* __restrict n2 = CC.at(b, C + ch);
-      T* __restrict op = OP.at(b, ch);
-      T* __restrict a[6];
-      for (int j = 0; j < 6; ++j) a[j] = A.at(b, j * C + ch);
-      _Pragma("omp simd")
-      for (int64_t k = 0; k < HW; ++k) {
-        T act[6];
-        dual_forward<T>(p[0][k], p[1][k], p[2][k], q[0][k], q[1][k], q[2][k], T(0), c1[k], c2[k],
-                        n1[k], n2[k], act);
-        for (int j = 0; j < 6; ++j) a[j][k] = act[j];
-        op[k] = p[3][k] + q[3][k];
-      }
+      // gate order i, f, g, o in each branch; one (already summed) source per memory
+      const auto s1 = gate3(Z1, b, ch, C), s2 = gate3(Z2, b, ch, C);
+      dual_forward_plane<T>(s1, s1, s2, s2, Z1.at(b, 3 * C + ch), Z2.at(b, 3 * C + ch),
+                            C1.at(b, ch), C2.at(b, ch), T(0), false, CC.at(b, ch),
+                            CC.at(b, C + ch), OP.at(b, ch), gate3(A, b, ch, C),
+                            gate3(A, b, 3 * C + ch, C), HW);
     });
   });
   return {cc, o_partial, acts};
@@ -243,30 +261,12 @@ std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
     auto DZ1 = planes<T>(grad_z1), DZ2 = planes<T>(grad_z2);
     auto DC1 = planes<T>(grad_c1), DC2 = planes<T>(grad_c2);
     for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
-      const T* __restrict a[6];
-      for (int j = 0; j < 6; ++j) a[j] = A.at(b, j * C + ch);
-      const T* __restrict c1 = C1.at(b, ch);
-      const T* __restrict c2 = C2.at(b, ch);
-      const T* __restrict dn1 = DCC.at(b, ch);
-      const T* __restrict dn2 = DCC.at(b, C + ch);
-      const T* __restrict dop = DOP.at(b, ch);
-      T* __restrict p[4];
-      T* __restrict q[4];
-      for (int j = 0; j < 4; ++j) {
-        p[j] = DZ1.at(b, j * C + ch);
-        q[j] = DZ2.at(b, j * C + ch);
-      }
-      T* __restrict d1 = DC1.at(b, ch);
-      T* __restrict d2 = DC2.at(b, ch);
-      _Pragma("omp simd")
-      for (int64_t k = 0; k < HW; ++k) {
-        const auto d = memory_update_backward(dn1[k], a[0][k], a[1][k], a[2][k], c1[k]);
-        const auto e = memory_update_backward(dn2[k], a[3][k], a[4][k], a[5][k], c2[k]);
-        p[0][k] = d.zi; p[1][k] = d.zf; p[2][k] = d.zg; p[3][k] = dop[k];
-        q[0][k] = e.zi; q[1][k] = e.zf; q[2][k] = e.zg; q[3][k] = dop[k];
-        d1[k] = d.c_prev;
-        d2[k] = e.c_prev;
-      }
+      const auto d1 = gate3(DZ1, b, ch, C), d2 = gate3(DZ2, b, ch, C);
+      dual_backward_plane<T>(DCC.at(b, ch), DCC.at(b, C + ch), gate3(A, b, ch, C),
+                             gate3(A, b, 3 * C + ch, C), C1.at(b, ch), C2.at(b, ch), d1, d2,
+                             DC1.at(b, ch), DC2.at(b, ch), HW);
+      copy_plane<T>(DOP.at(b, ch), DZ1.at(b, 3 * C + ch), HW);
+      copy_plane<T>(DOP.at(b, ch), DZ2.at(b, 3 * C + ch), HW);
     });
   });
   return {grad_z1, grad_z2, grad_c1, grad_c2};
