@@ -11,6 +11,7 @@
 #include "gates.h"
 #include "lstm_math.h"
 #include "planes.h"
+#include "simd.h"
 
 namespace fastcells {
 
@@ -51,18 +52,20 @@ void forward_kernel(const at::Tensor& z, const at::Tensor& c_prev, const T* peep
     T* __restrict ao = A.at(b, 2 * C + ch);
     T* __restrict ag = A.at(b, 3 * C + ch);
     const Peephole<T> w = peephole_at(peephole, C, ch);
-    _Pragma("omp simd")
-    for (int64_t k = 0; k < HW; ++k) {
-      const T c0 = cp[k];
-      const auto u = memory_update(zi[k] + w.ci * c0, zf[k] + forget_bias + w.cf * c0, zg[k], c0);
-      const T o = sigmoid(zo[k] + w.co * u.c);
-      cn[k] = u.c;
-      hp[k] = o * tanh_act(u.c);
-      ai[k] = u.i;
-      af[k] = u.f;
-      ao[k] = o;
-      ag[k] = u.g;
-    }
+    lane_loop<T>(HW, [&](auto lane, int64_t k) {
+      using V = typename decltype(lane)::type;
+      const V c0 = load<V>(cp + k);
+      const auto u = memory_update<V>(load<V>(zi + k) + w.ci * c0,
+                                      load<V>(zf + k) + forget_bias + w.cf * c0,
+                                      load<V>(zg + k), c0);
+      const V o = sigmoid(load<V>(zo + k) + w.co * u.c);
+      store(cn + k, u.c);
+      store(hp + k, o * tanh_act(u.c));
+      store(ai + k, u.i);
+      store(af + k, u.f);
+      store(ao + k, o);
+      store(ag + k, u.g);
+    });
   });
 }
 
@@ -89,29 +92,33 @@ void backward_kernel(const at::Tensor& grad_h, const at::Tensor& grad_c, const a
     T* __restrict dzg = DZ.at(b, 3 * C + ch);
     T* __restrict dcp = DCP.at(b, ch);
     const Peephole<T> w = peephole_at(peephole, C, ch);
-    T sum_ci = 0, sum_cf = 0, sum_co = 0;
-    _Pragma("omp simd reduction(+ : sum_ci, sum_cf, sum_co)")
-    for (int64_t k = 0; k < HW; ++k) {
-      const T c0 = cp[k], o = ao[k];
-      const T tc = tanh_act(cn[k]);
-      const T d_zo = dh[k] * tc * o * (T(1) - o);
-      const T d_c = dc[k] + dh[k] * o * (T(1) - tc * tc) + d_zo * w.co;
-      const auto d = memory_update_backward(d_c, ai[k], af[k], ag[k], c0);
-      dzi[k] = d.zi;
-      dzf[k] = d.zf;
-      dzo[k] = d_zo;
-      dzg[k] = d.zg;
-      dcp[k] = d.c_prev + d.zi * w.ci + d.zf * w.cf;
-      sum_ci += d.zi * c0;
-      sum_cf += d.zf * c0;
-      sum_co += d_zo * cn[k];
-    }
+    LaneSum<T> sum_ci, sum_cf, sum_co;
+    lane_loop<T>(HW, [&](auto lane, int64_t k) {
+      using V = typename decltype(lane)::type;
+      const V c0 = load<V>(cp + k), c1 = load<V>(cn + k), o = load<V>(ao + k);
+      const V dhk = load<V>(dh + k);
+      const V tc = tanh_act(c1);
+      const V d_zo = dhk * tc * o * (1 - o);
+      const V d_c = load<V>(dc + k) + dhk * o * (1 - tc * tc) + d_zo * w.co;
+      const auto d = memory_update_backward<V>(d_c, load<V>(ai + k), load<V>(af + k),
+                                               load<V>(ag + k), c0);
+      store(dzi + k, d.zi);
+      store(dzf + k, d.zf);
+      store(dzo + k, d_zo);
+      store(dzg + k, d.zg);
+      store(dcp + k, d.c_prev + d.zi * w.ci + d.zf * w.cf);
+      if (grad_peephole_partial != nullptr) {
+        sum_ci.add(d.zi * c0);
+        sum_cf.add(d.zf * c0);
+        sum_co.add(d_zo * c1);
+      }
+    });
     if (grad_peephole_partial != nullptr) {
       // (B, 3, C) partial sums, reduced over the batch by the caller.
       T* out = grad_peephole_partial + b * 3 * C;
-      out[ch] = sum_ci;
-      out[C + ch] = sum_cf;
-      out[2 * C + ch] = sum_co;
+      out[ch] = sum_ci.total();
+      out[C + ch] = sum_cf.total();
+      out[2 * C + ch] = sum_co.total();
     }
   });
 }

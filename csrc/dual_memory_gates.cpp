@@ -14,13 +14,13 @@
 #include "gates.h"
 #include "lstm_math.h"
 #include "planes.h"
+#include "simd.h"
 
 namespace fastcells {
 
 namespace {
 
-// Pointers to one (b, ch) plane of every tensor a two-memory kernel touches. Named
-// pointers (not arrays of pointers) keep __restrict meaningful, so GCC vectorizes.
+// The (i, f, g) planes of one memory at one (b, ch).
 template <typename T>
 struct Gate3 {  // i, f, g planes of one memory
   T* i;
@@ -37,61 +37,49 @@ inline Gate3<T> gate3(const Planes<T>& p, int64_t b, int64_t first, int64_t C) {
 // pre-activations are a + b (ST-LSTM: conv_x + conv_h, conv_x + conv_m); otherwise a alone
 // (MK-LSTM, whose branches were summed by the convolution). `o1 + o2` is the partial
 // output pre-activation.
-template <typename T>
+template <bool two_sources, typename T>
 void dual_forward_plane(Gate3<T> a1, Gate3<T> b1, Gate3<T> a2, Gate3<T> b2, const T* o1,
                         const T* o2, const T* c1_prev, const T* c2_prev, T forget_bias,
-                        bool two_sources, T* __restrict c1, T* __restrict c2,
-                        T* __restrict o_partial, Gate3<T> act1, Gate3<T> act2, int64_t hw) {
-  const T* __restrict ai1 = a1.i; const T* __restrict af1 = a1.f; const T* __restrict ag1 = a1.g;
-  const T* __restrict ai2 = a2.i; const T* __restrict af2 = a2.f; const T* __restrict ag2 = a2.g;
-  const T* __restrict bi1 = b1.i; const T* __restrict bf1 = b1.f; const T* __restrict bg1 = b1.g;
-  const T* __restrict bi2 = b2.i; const T* __restrict bf2 = b2.f; const T* __restrict bg2 = b2.g;
-  const T* __restrict po1 = o1; const T* __restrict po2 = o2;
-  const T* __restrict cp1 = c1_prev; const T* __restrict cp2 = c2_prev;
-  T* __restrict si1 = act1.i; T* __restrict sf1 = act1.f; T* __restrict sg1 = act1.g;
-  T* __restrict si2 = act2.i; T* __restrict sf2 = act2.f; T* __restrict sg2 = act2.g;
-  if (two_sources) {
-    _Pragma("omp simd")
-    for (int64_t k = 0; k < hw; ++k) {
-      const auto u = memory_update(ai1[k] + bi1[k], af1[k] + bf1[k] + forget_bias,
-                                   ag1[k] + bg1[k], cp1[k]);
-      const auto v = memory_update(ai2[k] + bi2[k], af2[k] + bf2[k] + forget_bias,
-                                   ag2[k] + bg2[k], cp2[k]);
-      c1[k] = u.c; si1[k] = u.i; sf1[k] = u.f; sg1[k] = u.g;
-      c2[k] = v.c; si2[k] = v.i; sf2[k] = v.f; sg2[k] = v.g;
-      o_partial[k] = po1[k] + po2[k];
+                        T* c1, T* c2, T* o_partial, Gate3<T> act1, Gate3<T> act2, int64_t hw) {
+  auto pre = [&](auto lane, const T* a, const T* b, int64_t k) {
+    using V = typename decltype(lane)::type;
+    if constexpr (two_sources) {
+      return load<V>(a + k) + load<V>(b + k);
+    } else {
+      return load<V>(a + k);
     }
-  } else {
-    _Pragma("omp simd")
-    for (int64_t k = 0; k < hw; ++k) {
-      const auto u = memory_update(ai1[k], af1[k] + forget_bias, ag1[k], cp1[k]);
-      const auto v = memory_update(ai2[k], af2[k] + forget_bias, ag2[k], cp2[k]);
-      c1[k] = u.c; si1[k] = u.i; sf1[k] = u.f; sg1[k] = u.g;
-      c2[k] = v.c; si2[k] = v.i; sf2[k] = v.f; sg2[k] = v.g;
-      o_partial[k] = po1[k] + po2[k];
-    }
-  }
+  };
+  lane_loop<T>(hw, [&](auto lane, int64_t k) {
+    using V = typename decltype(lane)::type;
+    const auto u = memory_update<V>(pre(lane, a1.i, b1.i, k), pre(lane, a1.f, b1.f, k) + forget_bias,
+                                    pre(lane, a1.g, b1.g, k), load<V>(c1_prev + k));
+    const auto v = memory_update<V>(pre(lane, a2.i, b2.i, k), pre(lane, a2.f, b2.f, k) + forget_bias,
+                                    pre(lane, a2.g, b2.g, k), load<V>(c2_prev + k));
+    store(c1 + k, u.c); store(act1.i + k, u.i); store(act1.f + k, u.f); store(act1.g + k, u.g);
+    store(c2 + k, v.c); store(act2.i + k, v.i); store(act2.f + k, v.f); store(act2.g + k, v.g);
+    store(o_partial + k, load<V>(o1 + k) + load<V>(o2 + k));
+  });
 }
 
 // Backward of both memories for one plane: writes the (i, f, g) pre-activation grads of
 // each memory and the grads of the previous memories.
 template <typename T>
-void dual_backward_plane(const T* dc1_in, const T* dc2_in, Gate3<T> act1, Gate3<T> act2,
+void dual_backward_plane(const T* dc1, const T* dc2, Gate3<T> act1, Gate3<T> act2,
                          const T* c1_prev, const T* c2_prev, Gate3<T> d1, Gate3<T> d2,
-                         T* __restrict dc1_prev, T* __restrict dc2_prev, int64_t hw) {
-  const T* __restrict dn1 = dc1_in; const T* __restrict dn2 = dc2_in;
-  const T* __restrict i1 = act1.i; const T* __restrict f1 = act1.f; const T* __restrict g1 = act1.g;
-  const T* __restrict i2 = act2.i; const T* __restrict f2 = act2.f; const T* __restrict g2 = act2.g;
-  const T* __restrict cp1 = c1_prev; const T* __restrict cp2 = c2_prev;
-  T* __restrict di1 = d1.i; T* __restrict df1 = d1.f; T* __restrict dg1 = d1.g;
-  T* __restrict di2 = d2.i; T* __restrict df2 = d2.f; T* __restrict dg2 = d2.g;
-  _Pragma("omp simd")
-  for (int64_t k = 0; k < hw; ++k) {
-    const auto d = memory_update_backward(dn1[k], i1[k], f1[k], g1[k], cp1[k]);
-    const auto e = memory_update_backward(dn2[k], i2[k], f2[k], g2[k], cp2[k]);
-    di1[k] = d.zi; df1[k] = d.zf; dg1[k] = d.zg; dc1_prev[k] = d.c_prev;
-    di2[k] = e.zi; df2[k] = e.zf; dg2[k] = e.zg; dc2_prev[k] = e.c_prev;
-  }
+                         T* dc1_prev, T* dc2_prev, int64_t hw) {
+  lane_loop<T>(hw, [&](auto lane, int64_t k) {
+    using V = typename decltype(lane)::type;
+    const auto d = memory_update_backward<V>(load<V>(dc1 + k), load<V>(act1.i + k),
+                                             load<V>(act1.f + k), load<V>(act1.g + k),
+                                             load<V>(c1_prev + k));
+    const auto e = memory_update_backward<V>(load<V>(dc2 + k), load<V>(act2.i + k),
+                                             load<V>(act2.f + k), load<V>(act2.g + k),
+                                             load<V>(c2_prev + k));
+    store(d1.i + k, d.zi); store(d1.f + k, d.zf); store(d1.g + k, d.zg);
+    store(dc1_prev + k, d.c_prev);
+    store(d2.i + k, e.zi); store(d2.f + k, e.zf); store(d2.g + k, e.zg);
+    store(dc2_prev + k, e.c_prev);
+  });
 }
 
 template <typename T>
@@ -99,24 +87,23 @@ void add_delta_grads(const T* ddc, const T* ddm, Gate3<T> act1, Gate3<T> act2, G
                      Gate3<T> d2, int64_t hw) {
   // delta_c = i*g, delta_m = i'*g' (PredRNN-v2): their grads are the memory terms with
   // c_prev = 0, added to the i and g pre-activation grads.
-  const T* __restrict a = ddc; const T* __restrict b = ddm;
-  const T* __restrict i1 = act1.i; const T* __restrict g1 = act1.g;
-  const T* __restrict i2 = act2.i; const T* __restrict g2 = act2.g;
-  T* __restrict di1 = d1.i; T* __restrict dg1 = d1.g; T* __restrict di2 = d2.i;
-  T* __restrict dg2 = d2.g;
-  _Pragma("omp simd")
-  for (int64_t k = 0; k < hw; ++k) {
-    const auto d = memory_update_backward(a[k], i1[k], T(1), g1[k], T(0));
-    const auto e = memory_update_backward(b[k], i2[k], T(1), g2[k], T(0));
-    di1[k] += d.zi; dg1[k] += d.zg; di2[k] += e.zi; dg2[k] += e.zg;
-  }
+  lane_loop<T>(hw, [&](auto lane, int64_t k) {
+    using V = typename decltype(lane)::type;
+    const V one = V{} + 1, zero = V{};
+    const auto d = memory_update_backward<V>(load<V>(ddc + k), load<V>(act1.i + k), one,
+                                             load<V>(act1.g + k), zero);
+    const auto e = memory_update_backward<V>(load<V>(ddm + k), load<V>(act2.i + k), one,
+                                             load<V>(act2.g + k), zero);
+    store(d1.i + k, load<V>(d1.i + k) + d.zi);
+    store(d1.g + k, load<V>(d1.g + k) + d.zg);
+    store(d2.i + k, load<V>(d2.i + k) + e.zi);
+    store(d2.g + k, load<V>(d2.g + k) + e.zg);
+  });
 }
 
 template <typename T>
-void copy_plane(const T* src, T* __restrict dst, int64_t hw) {
-  const T* __restrict s = src;
-  _Pragma("omp simd")
-  for (int64_t k = 0; k < hw; ++k) dst[k] = s[k];
+void copy_plane(const T* src, T* dst, int64_t hw) {
+  std::memcpy(dst, src, hw * sizeof(T));
 }
 
 }  // namespace
@@ -146,20 +133,19 @@ std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Ten
     for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
       const auto act1 = gate3(A, b, ch, C), act2 = gate3(A, b, 3 * C + ch, C);
       // memory c: (i_x, f_x, g_x) + (i_h, f_h, g_h); memory m: (i'_x, f'_x, g'_x) + (i_m, ...)
-      dual_forward_plane<T>(gate3(X, b, ch, C), gate3(Hh, b, ch, C), gate3(X, b, 3 * C + ch, C),
-                            gate3(M, b, ch, C), X.at(b, 6 * C + ch), Hh.at(b, 3 * C + ch),
-                            CP.at(b, ch), MP.at(b, ch), T(1), true, CM.at(b, ch),
+      dual_forward_plane<true, T>(gate3(X, b, ch, C), gate3(Hh, b, ch, C),
+                            gate3(X, b, 3 * C + ch, C), gate3(M, b, ch, C),
+                            X.at(b, 6 * C + ch), Hh.at(b, 3 * C + ch),
+                            CP.at(b, ch), MP.at(b, ch), T(1), CM.at(b, ch),
                             CM.at(b, C + ch), OP.at(b, ch), act1, act2, HW);
       if (return_deltas) {
-        T* __restrict dc = D.at(b, ch);
-        T* __restrict dm = D.at(b, C + ch);
-        const T* __restrict i1 = act1.i; const T* __restrict g1 = act1.g;
-        const T* __restrict i2 = act2.i; const T* __restrict g2 = act2.g;
-        _Pragma("omp simd")
-        for (int64_t k = 0; k < HW; ++k) {
-          dc[k] = i1[k] * g1[k];
-          dm[k] = i2[k] * g2[k];
-        }
+        T* dc = D.at(b, ch);
+        T* dm = D.at(b, C + ch);
+        lane_loop<T>(HW, [&](auto lane, int64_t k) {
+          using V = typename decltype(lane)::type;
+          store(dc + k, load<V>(act1.i + k) * load<V>(act1.g + k));
+          store(dm + k, load<V>(act2.i + k) * load<V>(act2.g + k));
+        });
       }
     });
   });
@@ -230,8 +216,8 @@ std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Ten
     for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
       // gate order i, f, g, o in each branch; one (already summed) source per memory
       const auto s1 = gate3(Z1, b, ch, C), s2 = gate3(Z2, b, ch, C);
-      dual_forward_plane<T>(s1, s1, s2, s2, Z1.at(b, 3 * C + ch), Z2.at(b, 3 * C + ch),
-                            C1.at(b, ch), C2.at(b, ch), T(0), false, CC.at(b, ch),
+      dual_forward_plane<false, T>(s1, s1, s2, s2, Z1.at(b, 3 * C + ch), Z2.at(b, 3 * C + ch),
+                            C1.at(b, ch), C2.at(b, ch), T(0), CC.at(b, ch),
                             CC.at(b, C + ch), OP.at(b, ch), gate3(A, b, ch, C),
                             gate3(A, b, 3 * C + ch, C), HW);
     });

@@ -7,6 +7,7 @@
 #include "activations.h"
 #include "gates.h"
 #include "planes.h"
+#include "simd.h"
 
 namespace fastcells {
 
@@ -30,14 +31,14 @@ std::vector<at::Tensor> output_gate_forward(const at::Tensor& o_partial, const a
       T* __restrict hp = Hh.at(b, ch);
       T* __restrict ao = A.at(b, ch);
       T* __restrict at = A.at(b, C + ch);
-      _Pragma("omp simd")
-      for (int64_t k = 0; k < HW; ++k) {
-        const T og = sigmoid(p[k] + o[k]);
-        const T t = tanh_act(l[k]);
-        ao[k] = og;
-        at[k] = t;
-        hp[k] = og * t;
-      }
+      lane_loop<T>(HW, [&](auto lane, int64_t k) {
+        using V = typename decltype(lane)::type;
+        const V og = sigmoid(load<V>(p + k) + load<V>(o + k));
+        const V t = tanh_act(load<V>(l + k));
+        store(ao + k, og);
+        store(at + k, t);
+        store(hp + k, og * t);
+      });
     });
   });
   return {h, acts};
@@ -60,12 +61,12 @@ std::vector<at::Tensor> output_gate_backward(const at::Tensor& grad_h, const at:
       const T* __restrict at = A.at(b, C + ch);
       T* __restrict dop = DO.at(b, ch);
       T* __restrict dl = DL.at(b, ch);
-      _Pragma("omp simd")
-      for (int64_t k = 0; k < HW; ++k) {
-        const T o = ao[k], t = at[k];
-        dop[k] = dh[k] * t * o * (T(1) - o);
-        dl[k] = dh[k] * o * (T(1) - t * t);
-      }
+      lane_loop<T>(HW, [&](auto lane, int64_t k) {
+        using V = typename decltype(lane)::type;
+        const V o = load<V>(ao + k), t = load<V>(at + k), g = load<V>(dh + k);
+        store(dop + k, g * t * o * (1 - o));
+        store(dl + k, g * o * (1 - t * t));
+      });
     });
   });
   return {grad_o, grad_l};
