@@ -5,13 +5,15 @@
 hidden state at every step, same layout; ``last_states`` is a list with one state tuple per
 layer, which can be passed back as ``state`` to continue the sequence.
 
-On the fused backends the first layer's input convolution runs once over all T frames
-instead of T times (the whole input sequence is known up front).
+``batch_input_projection``: on the fused backends the first layer's input convolution can
+run once over all T frames instead of T times (the whole input sequence is known up front).
+``None`` (default) decides by device: on for CUDA; off on CPU, where oneDNN measured slower
+on one (B*T)-frame convolution than on T small ones (benchmarks/NOTES.md).
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
 from ._checks import check_tensor
 from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
@@ -22,8 +24,10 @@ class _StackedCells(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  batch_first: bool = True, backend: str = "auto",
-                 memory_efficient: bool = False, **cell_kwargs):
+                 memory_efficient: bool = False, batch_input_projection: bool | None = None,
+                 **cell_kwargs):
         super().__init__()
+        self.batch_input_projection = batch_input_projection
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.input_size, self.hidden_size = input_size, hidden_size
@@ -57,19 +61,28 @@ class _StackedCells(nn.Module):
         # state shapes depend on the frame's batch and spatial size, not on its channels
         states = [cell._resolve_state(frame0, s) for cell, s in zip(self.cells, states)]
 
-        zx = None
-        if first._backend_for(frame0) != "reference" and not first.memory_efficient:
-            zx = first.input_projection(x)
+        # unbind, not x[:, t]: the backward of T selects would zero-fill and accumulate a
+        # full (B, T, ...) gradient per step (O(T^2) traffic); unbind stacks them once.
+        frames = x.unbind(1)
+        zx = [None] * len(frames)
+        if self._batches_projection(frame0):
+            zx = _unbind_frames(first.input_projection(x))
         outputs = []
-        for t in range(x.shape[1]):
-            inp = x[:, t]
+        for t, inp in enumerate(frames):
             for i, cell in enumerate(self.cells):
-                z = _frame_of(zx, t) if i == 0 else None
-                states[i] = cell._run(inp, self._incoming(states, i), z)
+                states[i] = cell._run(inp, self._incoming(states, i), zx[t] if i == 0 else None)
                 inp = states[i][0]
             outputs.append(inp)
         output = torch.stack(outputs, dim=1)
         return (output if self.batch_first else output.transpose(0, 1)), states
+
+    def _batches_projection(self, frame: Tensor) -> bool:
+        first = self.cells[0]
+        if first._backend_for(frame) == "reference" or first.memory_efficient:
+            return False  # the reference stays a plain loop; memeff recomputes per step
+        if self.batch_input_projection is None:
+            return frame.device.type == "cuda"
+        return self.batch_input_projection
 
     def _incoming(self, states: list, i: int) -> tuple:
         """The state layer ``i`` starts the step from (ST-LSTM overrides it for zigzag m)."""
@@ -79,19 +92,19 @@ class _StackedCells(nn.Module):
         return f"num_layers={self.num_layers}, batch_first={self.batch_first}"
 
 
-def _frame_of(zx, t: int):
-    if zx is None:
-        return None
+def _unbind_frames(zx):
+    """Per-step views of an input projection (a tensor, or a tuple of them for MK-LSTM)."""
     if isinstance(zx, tuple):
-        return tuple(z[:, t] for z in zx)
-    return zx[:, t]
+        return list(zip(*(z.unbind(1) for z in zx)))
+    return zx.unbind(1)
 
 
 class ConvLSTM(_StackedCells):
     """Stacked :class:`ConvLSTMCell` layers over a sequence.
 
     ``ConvLSTM(input_size, hidden_size, kernel_size=3, num_layers=1, batch_first=True,
-    bias=True, backend="auto", memory_efficient=False, forget_bias=0.0, peephole=False)``.
+    bias=True, backend="auto", memory_efficient=False, batch_input_projection=None,
+    forget_bias=0.0, peephole=False)``.
     State per layer: ``(h, c)``.
     """
 
@@ -99,9 +112,11 @@ class ConvLSTM(_StackedCells):
 
     def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3,
                  num_layers: int = 1, batch_first: bool = True, bias: bool = True,
-                 backend: str = "auto", memory_efficient: bool = False, **cell_kwargs):
+                 backend: str = "auto", memory_efficient: bool = False,
+                 batch_input_projection: bool | None = None, **cell_kwargs):
         super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
-                         memory_efficient, kernel_size=kernel_size, bias=bias, **cell_kwargs)
+                         memory_efficient, batch_input_projection, kernel_size=kernel_size,
+                         bias=bias, **cell_kwargs)
 
 
 class SpatioTemporalLSTM(_StackedCells):
@@ -118,10 +133,10 @@ class SpatioTemporalLSTM(_StackedCells):
     def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3,
                  num_layers: int = 1, batch_first: bool = True, bias: bool = False,
                  layer_norm: bool = False, spatial_size=None, backend: str = "auto",
-                 memory_efficient: bool = False):
+                 memory_efficient: bool = False, batch_input_projection: bool | None = None):
         super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
-                         memory_efficient, kernel_size=kernel_size, bias=bias,
-                         layer_norm=layer_norm, spatial_size=spatial_size)
+                         memory_efficient, batch_input_projection, kernel_size=kernel_size,
+                         bias=bias, layer_norm=layer_norm, spatial_size=spatial_size)
 
     def _incoming(self, states: list, i: int) -> tuple:
         h, c, _ = states[i]
@@ -136,9 +151,9 @@ class MKLSTM(_StackedCells):
 
     def __init__(self, input_size: int, hidden_size: int, kernel_sizes=(3, 5),
                  num_layers: int = 1, batch_first: bool = True, backend: str = "auto",
-                 memory_efficient: bool = False):
+                 memory_efficient: bool = False, batch_input_projection: bool | None = None):
         super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
-                         memory_efficient, kernel_sizes=kernel_sizes)
+                         memory_efficient, batch_input_projection, kernel_sizes=kernel_sizes)
 
 
 class ConvTTLSTM(_StackedCells):
@@ -149,7 +164,7 @@ class ConvTTLSTM(_StackedCells):
     def __init__(self, input_size: int, hidden_size: int, order: int = 3, steps: int = 3,
                  rank: int = 8, kernel_size: int = 5, num_layers: int = 1,
                  batch_first: bool = True, backend: str = "auto",
-                 memory_efficient: bool = False):
+                 memory_efficient: bool = False, batch_input_projection: bool | None = None):
         super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
-                         memory_efficient, order=order, steps=steps, rank=rank,
-                         kernel_size=kernel_size)
+                         memory_efficient, batch_input_projection, order=order, steps=steps,
+                         rank=rank, kernel_size=kernel_size)

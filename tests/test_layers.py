@@ -38,8 +38,9 @@ def _pair(name, variant, num_layers=2, batch_first=True):
 @requires_cpp
 @pytest.mark.parametrize("name", list(LAYERS))
 @pytest.mark.parametrize("variant", [{"backend": "cpp"},
+                                     {"backend": "cpp", "batch_input_projection": True},
                                      {"backend": "cpp", "memory_efficient": True}],
-                         ids=["cpp", "cpp_memeff"])
+                         ids=["cpp", "cpp_batched_projection", "cpp_memeff"])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_layer_matches_reference(name, variant, batch_first):
     ref, other = _pair(name, variant, batch_first=batch_first)
@@ -68,13 +69,17 @@ def test_layer_matches_reference(name, variant, batch_first):
 
 @requires_cpp
 def test_first_layer_input_projection_is_batched(monkeypatch):
-    layer = fc.ConvLSTM(3, 4, num_layers=2, backend="cpp")
+    layer = fc.ConvLSTM(3, 4, num_layers=2, backend="cpp", batch_input_projection=True)
     calls = []
     orig = type(layer.cells[0]).input_projection
     monkeypatch.setattr(type(layer.cells[0]), "input_projection",
                         lambda self, x: calls.append(x.shape) or orig(self, x))
     layer(torch.randn(2, 5, 3, 6, 6))
     assert calls == [(2, 5, 3, 6, 6)]
+    calls.clear()
+    layer.batch_input_projection = None  # auto: per-step on CPU (measured faster there)
+    layer(torch.randn(2, 5, 3, 6, 6))
+    assert calls == []
 
 
 @pytest.mark.parametrize("name", ["convlstm", "mklstm", "convttlstm"])

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._conv import input_hidden_conv
 from .base import CellBase
 
 
@@ -64,11 +65,7 @@ class ConvLSTMCell(CellBase):
         if backend == "reference":
             z = F.conv2d(torch.cat([x, h], dim=1), weight, bias, padding=self.padding)
         else:
-            # Split convolution: the input half may come precomputed for the whole sequence,
-            # and neither half needs the concatenated [x; h] kept for backward.
-            if zx is None:
-                zx = F.conv2d(x, weight[:, : self.input_size], bias, padding=self.padding)
-            z = F.conv2d(h, weight[:, self.input_size:], None, padding=self.padding).add_(zx)
+            z = input_hidden_conv(x, h, weight, bias, self.padding, zx)
         return self._gates(backend).convlstm(z, c, p.get("peephole_weight"), self.forget_bias)
 
     def extra_repr(self) -> str:

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_state, check_tensor
+from ._conv import input_hidden_conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -124,9 +125,7 @@ class ConvTTLSTMCell(CellBase):
         if backend == "reference":
             z = F.conv2d(torch.cat([x, v], dim=1), w_last, b_last, padding=pad)
         else:
-            if zx is None:
-                zx = F.conv2d(x, w_last[:, : self.input_size], b_last, padding=pad)
-            z = F.conv2d(v, w_last[:, self.input_size:], None, padding=pad).add_(zx)
+            z = input_hidden_conv(x, v, w_last, b_last, pad, zx)
         h, c = self._gates(backend).convlstm(z, c, None, 0.0)
         return h, c
 

@@ -1,6 +1,7 @@
 """Multi-kernel LSTM cell of MS-LSTM (Ma et al.), CELLS.md section 3."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -59,19 +60,29 @@ class MKLSTMCell(CellBase):
                         padding=self.kernel_sizes[branch] // 2)
 
     def input_projection(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Both input convolutions for every frame of x (B, T, Cin, H, W) at once."""
+        """Both input convolutions (with both biases) for every frame of x (B, T, Cin, H, W)."""
         b, t = x.shape[:2]
-        p = dict(self.named_parameters())
         flat = x.reshape(b * t, *x.shape[2:])
-        return tuple(self._conv(p, "conv_x2h", k, flat).view(b, t, -1, *x.shape[3:])
-                     for k in (0, 1))
+        return tuple(
+            F.conv2d(flat, self.conv_x2h[k].weight,
+                     self.conv_x2h[k].bias + self.conv_h2h[k].bias,
+                     padding=self.kernel_sizes[k] // 2).view(b, t, -1, *x.shape[3:])
+            for k in (0, 1))
 
     def _step(self, backend, p, x, zx, h, c1, c2):
         gates = self._gates(backend)
-        if zx is None:
-            zx = (self._conv(p, "conv_x2h", 0, x), self._conv(p, "conv_x2h", 1, x))
-        z1 = self._conv(p, "conv_h2h", 0, h).add_(zx[0])
-        z2 = self._conv(p, "conv_h2h", 1, h).add_(zx[1])
+        if backend == "reference":
+            z1, z2 = (self._conv(p, "conv_x2h", k, x) + self._conv(p, "conv_h2h", k, h)
+                      for k in (0, 1))
+        else:
+            # Split, never [x; h]: a concatenated copy kept for backward would cost 2C per
+            # step. The input convolutions carry both biases (CELLS.md allows summing them).
+            if zx is None:
+                zx = [F.conv2d(x, p[f"conv_x2h.{k}.weight"],
+                               p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
+                               padding=self.kernel_sizes[k] // 2) for k in (0, 1)]
+            z1, z2 = (F.conv2d(h, p[f"conv_h2h.{k}.weight"], None,
+                               padding=self.kernel_sizes[k] // 2).add_(zx[k]) for k in (0, 1))
         c1, c2, cc, o_partial = gates.mklstm(z1, z2, c1, c2)
         zo = self._conv(p, "conv_c2o", 0, c1) + self._conv(p, "conv_c2o", 1, c2)
         zl = F.conv2d(cc, p["conv_out.weight"], p["conv_out.bias"])
