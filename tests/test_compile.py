@@ -10,11 +10,13 @@ from .helpers import RTOL, assert_close, make_cells
 pytestmark = requires_cpp
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["default", "memeff"])
 @pytest.mark.parametrize("config", ["convlstm_peephole", "stlstm", "mklstm", "convttlstm"])
-def test_fullgraph_aot_eager(config):
+def test_fullgraph_aot_eager(config, memory_efficient):
     """Dynamo captures the whole step, forward and backward, without a graph break."""
     torch._dynamo.reset()
-    ref, cpp = make_cells(config, [("reference", {}), ("cpp", {})])
+    ref, cpp = make_cells(config, [("reference", {}),
+                                   ("cpp", {"memory_efficient": memory_efficient})])
     x = torch.randn(2, 3, 9, 11, requires_grad=True)
     compiled = torch.compile(cpp, fullgraph=True, backend="aot_eager")
     out_c = compiled(x)[0]

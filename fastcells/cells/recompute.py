@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.utils.checkpoint
 
 
 class RecomputeStep(torch.autograd.Function):
@@ -37,6 +38,14 @@ class RecomputeStep(torch.autograd.Function):
 
 
 def recompute_step(run: Callable, inputs: Sequence, params: dict) -> tuple:
-    """``run(inputs, params)`` with memory-efficient backward; returns its output tuple."""
+    """``run(inputs, params)`` with memory-efficient backward; returns its output tuple.
+
+    Under ``torch.compile`` (which cannot trace ``torch.autograd.grad`` inside a backward)
+    the same recomputation is expressed with non-reentrant ``torch.utils.checkpoint``,
+    which the compiler turns into a recompute region of its graph.
+    """
+    if torch.compiler.is_compiling():
+        return tuple(torch.utils.checkpoint.checkpoint(
+            lambda *ts: run(ts, params), *inputs, use_reentrant=False))
     names = tuple(params)
     return RecomputeStep.apply(run, len(inputs), names, *inputs, *params.values())
