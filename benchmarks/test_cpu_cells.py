@@ -9,7 +9,8 @@ C++ backend (and its memory-efficient mode). The ratios the issue targets are pr
 """
 import pytest
 
-from fastcells.bench import CELLS, Size, gate_workload, stack_saved_bytes, step_workload
+from fastcells.bench import (CELLS, Size, gate_workload, sequence_workload, stack_saved_bytes,
+                             step_workload)
 
 SIZE = Size(batch=4, channels=32, height=64, width=64)
 
@@ -28,6 +29,16 @@ def test_cell_step_fwd_bwd(benchmark, cell, variant):
     backend = "reference" if variant == "reference" else "cpp"
     fn = step_workload(cell, backend, SIZE, memory_efficient=variant == "cpp_memeff")
     benchmark.pedantic(fn, rounds=7, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("variant", ["reference", "cpp", "cpp_memeff"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_sequence_fwd_bwd(benchmark, cell, variant):
+    """A 2-layer stack over 6 frames, forward + backward."""
+    benchmark.group = f"sequence {cell}"
+    backend = "reference" if variant == "reference" else "cpp"
+    fn = sequence_workload(cell, backend, SIZE, memory_efficient=variant == "cpp_memeff")
+    benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
