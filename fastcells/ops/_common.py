@@ -30,3 +30,32 @@ def new_planes(like: Tensor, channels: int) -> Tensor:
     """Fake-tensor result matching what the kernels allocate (contiguous NCHW)."""
     b, _, h, w = like.shape
     return like.new_empty((b, channels, h, w))  # new_empty is always contiguous
+
+
+def autograd_pair(name: str, forward, forward_kernel_op, backward_impl, backward_op,
+                  setup_context, backward):
+    """One autograd formula, two ways to run it.
+
+    ``backward(ctx, *grads, kernel=...)`` is registered on the torch.library op (with the
+    backward *op* as kernel) so ``torch.compile`` traces forward and backward; eager calls
+    go through a plain ``autograd.Function`` with the same ``setup_context`` and
+    ``backward`` (and the backward's raw implementation), which costs a fraction of the
+    custom-op dispatch per call: it matters at the small sizes of patch-reshaped models.
+    Returns ``apply(*args)`` choosing the path.
+    """
+    forward_kernel_op.register_autograd(
+        lambda ctx, *grads: backward(ctx, *grads, kernel=backward_op),
+        setup_context=setup_context)
+    function = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(lambda ctx, *grads: backward(ctx, *grads,
+                                                               kernel=backward_impl)),
+    })
+
+    def apply(*args):
+        if torch.compiler.is_compiling():
+            return forward_kernel_op(*args)
+        return function.apply(*args)
+
+    return apply

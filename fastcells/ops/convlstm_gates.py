@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import grad_or_zeros, new_planes, planar
+from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
 
 def convlstm_gates_ref(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = None,
@@ -37,32 +37,36 @@ def convlstm_gates_ref(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = N
     return h, c
 
 
-@torch.library.custom_op("fastcells::convlstm_gates", mutates_args=(), device_types="cpu")
-def _convlstm_gates_op(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor],
-                       forget_bias: float) -> Tuple[Tensor, Tensor, Tensor]:
+def _forward_impl(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor],
+                  forget_bias: float) -> Tuple[Tensor, Tensor, Tensor]:
     h, c, acts = _ext.cpp_extension().convlstm_gates_forward(planar(z), planar(c_prev),
                                                               peephole, forget_bias)
     return h, c, acts
 
 
-@_convlstm_gates_op.register_fake
+_forward_op = torch.library.custom_op("fastcells::convlstm_gates", mutates_args=(),
+                                      device_types="cpu")(_forward_impl)
+
+
+@_forward_op.register_fake
 def _(z, c_prev, peephole, forget_bias):
     C = c_prev.shape[1]
     return new_planes(c_prev, C), new_planes(c_prev, C), new_planes(c_prev, 4 * C)
 
 
-@torch.library.custom_op("fastcells::convlstm_gates_backward", mutates_args=(),
-                         device_types="cpu")
-def _convlstm_gates_backward_op(grad_h: Tensor, grad_c: Tensor, acts: Tensor, c_prev: Tensor,
-                                c: Tensor, peephole: Optional[Tensor]
-                                ) -> Tuple[Tensor, Tensor, Tensor]:
+def _backward_impl(grad_h: Tensor, grad_c: Tensor, acts: Tensor, c_prev: Tensor, c: Tensor,
+                   peephole: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     dz, dc_prev, dpeep = _ext.cpp_extension().convlstm_gates_backward(
         planar(grad_h), planar(grad_c), acts, planar(c_prev), c, peephole)
     # custom ops cannot return None: an empty tensor stands for "no peephole".
     return dz, dc_prev, dpeep if dpeep is not None else acts.new_empty(0)
 
 
-@_convlstm_gates_backward_op.register_fake
+_backward_op = torch.library.custom_op("fastcells::convlstm_gates_backward", mutates_args=(),
+                                       device_types="cpu")(_backward_impl)
+
+
+@_backward_op.register_fake
 def _(grad_h, grad_c, acts, c_prev, c, peephole):
     dpeep = peephole.new_empty(peephole.shape) if peephole is not None else acts.new_empty(0)
     return new_planes(acts, acts.shape[1]), new_planes(c_prev, c_prev.shape[1]), dpeep
@@ -78,14 +82,15 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(acts, c_prev, c, peephole)
 
 
-def _backward(ctx, grad_h, grad_c, _grad_acts):
+def _backward(ctx, grad_h, grad_c, _grad_acts, kernel):
     acts, c_prev, c, peephole = ctx.saved_tensors
-    dz, dc_prev, dpeep = torch.ops.fastcells.convlstm_gates_backward(
-        grad_or_zeros(grad_h, c_prev), grad_or_zeros(grad_c, c_prev), acts, c_prev, c, peephole)
+    dz, dc_prev, dpeep = kernel(grad_or_zeros(grad_h, c_prev), grad_or_zeros(grad_c, c_prev),
+                                acts, c_prev, c, peephole)
     return dz, dc_prev, (dpeep if peephole is not None else None), None
 
 
-_convlstm_gates_op.register_autograd(_backward, setup_context=_setup_context)
+_apply = autograd_pair("ConvLSTMGates", _forward_impl, _forward_op, _backward_impl,
+                       _backward_op, _setup_context, _backward)
 
 
 def convlstm_gates_cpp(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = None,
@@ -93,5 +98,5 @@ def convlstm_gates_cpp(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = N
     """Fused C++ kernel; same contract as :func:`convlstm_gates_ref`."""
     if peephole is not None:
         peephole = peephole.contiguous()
-    h, c, _ = torch.ops.fastcells.convlstm_gates(z, c_prev, peephole, float(forget_bias))
+    h, c, _ = _apply(z, c_prev, peephole, float(forget_bias))
     return h, c

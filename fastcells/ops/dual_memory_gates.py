@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import grad_or_zeros, new_planes, planar
+from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
 FORGET_BIAS = 1.0  # ST-LSTM's constant forget bias (thuml's _forget_bias)
 
@@ -60,12 +60,15 @@ def mklstm_gates_ref(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
 
 
 # ----------------------------------------------------------------------------- ST-LSTM, C++
-@torch.library.custom_op("fastcells::stlstm_gates", mutates_args=(), device_types="cpu")
-def _stlstm_op(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
+def _stlstm_impl(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
                return_deltas: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     cm, o_partial, acts, deltas = _ext.cpp_extension().stlstm_gates_forward(
         planar(zx), planar(zh), planar(zm), planar(c_prev), planar(m_prev), return_deltas)
     return cm, o_partial, acts, deltas if deltas is not None else zx.new_empty(0)
+
+
+_stlstm_op = torch.library.custom_op("fastcells::stlstm_gates", mutates_args=(),
+                                     device_types="cpu")(_stlstm_impl)
 
 
 @_stlstm_op.register_fake
@@ -75,9 +78,7 @@ def _(zx, zh, zm, c_prev, m_prev, return_deltas):
     return new_planes(c_prev, 2 * C), new_planes(c_prev, C), new_planes(c_prev, 6 * C), deltas
 
 
-@torch.library.custom_op("fastcells::stlstm_gates_backward", mutates_args=(),
-                         device_types="cpu")
-def _stlstm_backward_op(grad_cm: Tensor, grad_o_partial: Tensor, grad_deltas: Optional[Tensor],
+def _stlstm_backward_impl(grad_cm: Tensor, grad_o_partial: Tensor, grad_deltas: Optional[Tensor],
                         acts: Tensor, c_prev: Tensor, m_prev: Tensor
                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     out = _ext.cpp_extension().stlstm_gates_backward(
@@ -85,6 +86,11 @@ def _stlstm_backward_op(grad_cm: Tensor, grad_o_partial: Tensor, grad_deltas: Op
         planar(grad_deltas) if grad_deltas is not None else None,
         acts, planar(c_prev), planar(m_prev))
     return tuple(out)
+
+
+_stlstm_backward_op = torch.library.custom_op("fastcells::stlstm_gates_backward",
+                                              mutates_args=(),
+                                              device_types="cpu")(_stlstm_backward_impl)
 
 
 @_stlstm_backward_op.register_fake
@@ -103,7 +109,7 @@ def _stlstm_setup(ctx, inputs, output):
     ctx.return_deltas = return_deltas
 
 
-def _stlstm_backward(ctx, grad_cm, grad_o_partial, _grad_acts, grad_deltas):
+def _stlstm_backward(ctx, grad_cm, grad_o_partial, _grad_acts, grad_deltas, kernel):
     acts, c_prev, m_prev = ctx.saved_tensors
     b, C, h, w = c_prev.shape
     if grad_cm is None:
@@ -111,31 +117,33 @@ def _stlstm_backward(ctx, grad_cm, grad_o_partial, _grad_acts, grad_deltas):
     grad_o_partial = grad_or_zeros(grad_o_partial, c_prev)
     if not ctx.return_deltas:
         grad_deltas = None
-    dzx, dzh, dzm, dc, dm = torch.ops.fastcells.stlstm_gates_backward(
-        grad_cm, grad_o_partial, grad_deltas, acts, c_prev, m_prev)
+    dzx, dzh, dzm, dc, dm = kernel(grad_cm, grad_o_partial, grad_deltas, acts, c_prev, m_prev)
     return dzx, dzh, dzm, dc, dm, None
 
 
-_stlstm_op.register_autograd(_stlstm_backward, setup_context=_stlstm_setup)
+_stlstm_apply = autograd_pair("STLSTMGates", _stlstm_impl, _stlstm_op, _stlstm_backward_impl,
+                              _stlstm_backward_op, _stlstm_setup, _stlstm_backward)
 
 
 def stlstm_gates_cpp(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
                      return_deltas: bool = False):
     """Fused C++ kernel; same contract as :func:`stlstm_gates_ref`."""
     C = c_prev.shape[1]
-    cm, o_partial, _, deltas = torch.ops.fastcells.stlstm_gates(zx, zh, zm, c_prev, m_prev,
-                                                                return_deltas)
+    cm, o_partial, _, deltas = _stlstm_apply(zx, zh, zm, c_prev, m_prev, return_deltas)
     c, m = cm[:, :C], cm[:, C:]
     return c, m, cm, o_partial, ((deltas[:, :C], deltas[:, C:]) if return_deltas else None)
 
 
 # ----------------------------------------------------------------------------- MK-LSTM, C++
-@torch.library.custom_op("fastcells::mklstm_gates", mutates_args=(), device_types="cpu")
-def _mklstm_op(z1: Tensor, z2: Tensor, c1_prev: Tensor,
+def _mklstm_impl(z1: Tensor, z2: Tensor, c1_prev: Tensor,
                c2_prev: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     cc, o_partial, acts = _ext.cpp_extension().mklstm_gates_forward(
         planar(z1), planar(z2), planar(c1_prev), planar(c2_prev))
     return cc, o_partial, acts
+
+
+_mklstm_op = torch.library.custom_op("fastcells::mklstm_gates", mutates_args=(),
+                                     device_types="cpu")(_mklstm_impl)
 
 
 @_mklstm_op.register_fake
@@ -144,13 +152,16 @@ def _(z1, z2, c1_prev, c2_prev):
     return new_planes(c1_prev, 2 * C), new_planes(c1_prev, C), new_planes(c1_prev, 6 * C)
 
 
-@torch.library.custom_op("fastcells::mklstm_gates_backward", mutates_args=(),
-                         device_types="cpu")
-def _mklstm_backward_op(grad_cc: Tensor, grad_o_partial: Tensor, acts: Tensor, c1_prev: Tensor,
+def _mklstm_backward_impl(grad_cc: Tensor, grad_o_partial: Tensor, acts: Tensor, c1_prev: Tensor,
                         c2_prev: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     out = _ext.cpp_extension().mklstm_gates_backward(
         planar(grad_cc), planar(grad_o_partial), acts, planar(c1_prev), planar(c2_prev))
     return tuple(out)
+
+
+_mklstm_backward_op = torch.library.custom_op("fastcells::mklstm_gates_backward",
+                                              mutates_args=(),
+                                              device_types="cpu")(_mklstm_backward_impl)
 
 
 @_mklstm_backward_op.register_fake
@@ -168,21 +179,21 @@ def _mklstm_setup(ctx, inputs, output):
     ctx.save_for_backward(acts, c1_prev, c2_prev)
 
 
-def _mklstm_backward(ctx, grad_cc, grad_o_partial, _grad_acts):
+def _mklstm_backward(ctx, grad_cc, grad_o_partial, _grad_acts, kernel):
     acts, c1_prev, c2_prev = ctx.saved_tensors
     b, C, h, w = c1_prev.shape
     if grad_cc is None:
         grad_cc = c1_prev.new_zeros((b, 2 * C, h, w))
     grad_o_partial = grad_or_zeros(grad_o_partial, c1_prev)
-    return tuple(torch.ops.fastcells.mklstm_gates_backward(grad_cc, grad_o_partial, acts,
-                                                           c1_prev, c2_prev))
+    return tuple(kernel(grad_cc, grad_o_partial, acts, c1_prev, c2_prev))
 
 
-_mklstm_op.register_autograd(_mklstm_backward, setup_context=_mklstm_setup)
+_mklstm_apply = autograd_pair("MKLSTMGates", _mklstm_impl, _mklstm_op, _mklstm_backward_impl,
+                              _mklstm_backward_op, _mklstm_setup, _mklstm_backward)
 
 
 def mklstm_gates_cpp(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
     """Fused C++ kernel; same contract as :func:`mklstm_gates_ref`."""
     C = c1_prev.shape[1]
-    cc, o_partial, _ = torch.ops.fastcells.mklstm_gates(z1, z2, c1_prev, c2_prev)
+    cc, o_partial, _ = _mklstm_apply(z1, z2, c1_prev, c2_prev)
     return cc[:, :C], cc[:, C:], cc, o_partial

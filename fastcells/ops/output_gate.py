@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import new_planes, planar
+from ._common import autograd_pair, new_planes, planar
 
 
 def output_gate_ref(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
@@ -19,25 +19,30 @@ def output_gate_ref(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
     return o * torch.tanh(zl)
 
 
-@torch.library.custom_op("fastcells::output_gate", mutates_args=(), device_types="cpu")
-def _output_gate_op(o_partial: Tensor, zo: Tensor, zl: Tensor) -> tuple[Tensor, Tensor]:
+def _forward_impl(o_partial: Tensor, zo: Tensor, zl: Tensor) -> tuple[Tensor, Tensor]:
     h, acts = _ext.cpp_extension().output_gate_forward(planar(o_partial), planar(zo), planar(zl))
     return h, acts
 
 
-@_output_gate_op.register_fake
+_forward_op = torch.library.custom_op("fastcells::output_gate", mutates_args=(),
+                                      device_types="cpu")(_forward_impl)
+
+
+@_forward_op.register_fake
 def _(o_partial, zo, zl):
     return new_planes(zl, zl.shape[1]), new_planes(zl, 2 * zl.shape[1])
 
 
-@torch.library.custom_op("fastcells::output_gate_backward", mutates_args=(),
-                         device_types="cpu")
-def _output_gate_backward_op(grad_h: Tensor, acts: Tensor) -> tuple[Tensor, Tensor]:
+def _backward_impl(grad_h: Tensor, acts: Tensor) -> tuple[Tensor, Tensor]:
     d_o, d_l = _ext.cpp_extension().output_gate_backward(planar(grad_h), acts)
     return d_o, d_l
 
 
-@_output_gate_backward_op.register_fake
+_backward_op = torch.library.custom_op("fastcells::output_gate_backward", mutates_args=(),
+                                       device_types="cpu")(_backward_impl)
+
+
+@_backward_op.register_fake
 def _(grad_h, acts):
     return new_planes(grad_h, grad_h.shape[1]), new_planes(grad_h, grad_h.shape[1])
 
@@ -50,19 +55,20 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(acts)
 
 
-def _backward(ctx, grad_h, _grad_acts):
+def _backward(ctx, grad_h, _grad_acts, kernel):
     (acts,) = ctx.saved_tensors
     b, c2, h, w = acts.shape
     if grad_h is None:
         grad_h = acts.new_zeros((b, c2 // 2, h, w))
-    d_o, d_l = torch.ops.fastcells.output_gate_backward(planar(grad_h), acts)
+    d_o, d_l = kernel(planar(grad_h), acts)
     return d_o, d_o, d_l
 
 
-_output_gate_op.register_autograd(_backward, setup_context=_setup_context)
+_apply = autograd_pair("OutputGate", _forward_impl, _forward_op, _backward_impl, _backward_op,
+                       _setup_context, _backward)
 
 
 def output_gate_cpp(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
     """Fused C++ kernel; same contract as :func:`output_gate_ref`."""
-    h, _ = torch.ops.fastcells.output_gate(o_partial, zo, zl)
+    h, _ = _apply(o_partial, zo, zl)
     return h
