@@ -5,8 +5,9 @@ import torch
 
 from fastcells import _ext
 
-requires_cpp = pytest.mark.skipif(not _ext.cpp_available(),
-                                  reason="C++ extension not built (pip install --no-build-isolation -e .)")
+requires_cpp = pytest.mark.skipif(
+    not _ext.cpp_available(),
+    reason="C++ extension not built (pip install --no-build-isolation -e .)")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -178,7 +178,10 @@ def test_reference_stlstm_matches_equations():
     """The reference backend is a transcription of CELLS.md section 2 (checked by hand here)."""
     cell = fc.SpatioTemporalLSTMCell(2, 3, kernel_size=3, backend="reference")
     x, h, c, m = torch.randn(1, 2, 4, 4), *(torch.randn(1, 3, 4, 4) for _ in range(3))
-    conv = lambda mod, t: mod[0](t)
+
+    def conv(mod, t):
+        return mod[0](t)
+
     i_x, f_x, g_x, i_xp, f_xp, g_xp, o_x = torch.split(conv(cell.conv_x, x), 3, 1)
     i_h, f_h, g_h, o_h = torch.split(conv(cell.conv_h, h), 3, 1)
     i_m, f_m, g_m = torch.split(conv(cell.conv_m, m), 3, 1)

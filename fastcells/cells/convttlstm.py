@@ -88,9 +88,9 @@ class ConvTTLSTMCell(CellBase):
         return h, c, (*state[2][1:], h)
 
     # -- the step ------------------------------------------------------------------------------
-    def _window_weight(self, p: dict, l: int) -> Tensor:
-        """P_l as a 2-D convolution over the window's D*C channels (d-major)."""
-        w = p[f"preprocess.{l}.weight"]  # (R, C, K, K, D)
+    def _window_weight(self, p: dict, level: int) -> Tensor:
+        """P_level as a 2-D convolution over the window's D*C channels (d-major)."""
+        w = p[f"preprocess.{level}.weight"]  # (R, C, K, K, D)
         return w.permute(0, 4, 1, 2, 3).reshape(w.shape[0], -1, *w.shape[2:4])
 
     def input_projection(self, x: Tensor) -> Tensor:
@@ -105,21 +105,21 @@ class ConvTTLSTMCell(CellBase):
         D, pad, N = self.lags, self.padding, self.order
         w_last, b_last = p[f"factors.{N - 1}.weight"], p[f"factors.{N - 1}.bias"]
         v = None
-        for l in range(N):
-            bias = p[f"preprocess.{l}.bias"]
+        for level in range(N):
+            bias = p[f"preprocess.{level}.bias"]
             if backend == "reference":
-                window = torch.cat(history[l:l + D], dim=1)
-                pre = F.conv2d(window, self._window_weight(p, l), bias, padding=pad)
+                window = torch.cat(history[level:level + D], dim=1)
+                pre = F.conv2d(window, self._window_weight(p, level), bias, padding=pad)
             else:
                 # Sum of per-state convolutions: the window is never concatenated.
-                w = p[f"preprocess.{l}.weight"]
-                pre = F.conv2d(history[l], w[..., 0], bias, padding=pad)
+                w = p[f"preprocess.{level}.weight"]
+                pre = F.conv2d(history[level], w[..., 0], bias, padding=pad)
                 for d in range(1, D):
-                    pre = pre.add_(F.conv2d(history[l + d], w[..., d], None, padding=pad))
+                    pre = pre.add_(F.conv2d(history[level + d], w[..., d], None, padding=pad))
             if v is None:
                 v = pre
             else:
-                v = F.conv2d(v, p[f"factors.{l - 1}.weight"], p[f"factors.{l - 1}.bias"],
+                v = F.conv2d(v, p[f"factors.{level - 1}.weight"], p[f"factors.{level - 1}.bias"],
                              padding=pad)
                 v = pre + v if backend == "reference" else v.add_(pre)
         if backend == "reference":

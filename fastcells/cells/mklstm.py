@@ -1,7 +1,6 @@
 """Multi-kernel LSTM cell of MS-LSTM (Ma et al.), CELLS.md section 3."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

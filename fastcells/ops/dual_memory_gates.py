@@ -61,7 +61,7 @@ def mklstm_gates_ref(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
 
 # ----------------------------------------------------------------------------- ST-LSTM, C++
 def _stlstm_impl(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
-               return_deltas: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                 return_deltas: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     cm, o_partial, acts, deltas = _ext.cpp_extension().stlstm_gates_forward(
         planar(zx), planar(zh), planar(zm), planar(c_prev), planar(m_prev), return_deltas)
     return cm, o_partial, acts, deltas if deltas is not None else zx.new_empty(0)
@@ -78,9 +78,9 @@ def _(zx, zh, zm, c_prev, m_prev, return_deltas):
     return new_planes(c_prev, 2 * C), new_planes(c_prev, C), new_planes(c_prev, 6 * C), deltas
 
 
-def _stlstm_backward_impl(grad_cm: Tensor, grad_o_partial: Tensor, grad_deltas: Optional[Tensor],
-                        acts: Tensor, c_prev: Tensor, m_prev: Tensor
-                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _stlstm_backward_impl(grad_cm: Tensor, grad_o_partial: Tensor,
+                          grad_deltas: Optional[Tensor], acts: Tensor, c_prev: Tensor,
+                          m_prev: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     out = _ext.cpp_extension().stlstm_gates_backward(
         planar(grad_cm), planar(grad_o_partial),
         planar(grad_deltas) if grad_deltas is not None else None,
@@ -102,7 +102,7 @@ def _(grad_cm, grad_o_partial, grad_deltas, acts, c_prev, m_prev):
 
 def _stlstm_setup(ctx, inputs, output):
     *_, c_prev, m_prev, return_deltas = inputs
-    cm, _, acts, _ = output
+    _, _, acts, _ = output
     ctx.mark_non_differentiable(acts)
     ctx.set_materialize_grads(False)  # no zero-filled grads for unused outputs
     ctx.save_for_backward(acts, c_prev, m_prev)
@@ -136,7 +136,7 @@ def stlstm_gates_cpp(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev:
 
 # ----------------------------------------------------------------------------- MK-LSTM, C++
 def _mklstm_impl(z1: Tensor, z2: Tensor, c1_prev: Tensor,
-               c2_prev: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+                 c2_prev: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     cc, o_partial, acts = _ext.cpp_extension().mklstm_gates_forward(
         planar(z1), planar(z2), planar(c1_prev), planar(c2_prev))
     return cc, o_partial, acts
@@ -152,8 +152,9 @@ def _(z1, z2, c1_prev, c2_prev):
     return new_planes(c1_prev, 2 * C), new_planes(c1_prev, C), new_planes(c1_prev, 6 * C)
 
 
-def _mklstm_backward_impl(grad_cc: Tensor, grad_o_partial: Tensor, acts: Tensor, c1_prev: Tensor,
-                        c2_prev: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _mklstm_backward_impl(grad_cc: Tensor, grad_o_partial: Tensor, acts: Tensor,
+                          c1_prev: Tensor, c2_prev: Tensor
+                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     out = _ext.cpp_extension().mklstm_gates_backward(
         planar(grad_cc), planar(grad_o_partial), acts, planar(c1_prev), planar(c2_prev))
     return tuple(out)
