@@ -2,9 +2,9 @@
 
     pytest benchmarks --benchmark-group-by=param:cell
 
-Timing lives here, never in tests/. Groups compare, per cell: the gate math alone and a
-full cell step (convolutions + gates), forward + backward, for the reference and the fused
-C++ backend (and its memory-efficient mode). The ratios the issue targets are printed by
+Timing lives here, never in tests/. Groups compare, per cell: the gate math alone, a full
+cell step (convolutions + gates) and a 2-layer sequence, forward + backward, for the
+reference and the fused C++ backend (and its memory-efficient mode). The ratios the issue targets are printed by
 ``python -m fastcells.bench``, which measures the same workloads side by side.
 """
 import pytest
@@ -22,23 +22,20 @@ def test_gates_fwd_bwd(benchmark, cell, backend):
     benchmark.pedantic(gate_workload(cell, backend, SIZE), rounds=15, warmup_rounds=2)
 
 
-@pytest.mark.parametrize("variant", ["reference", "cpp", "cpp_memeff"])
-@pytest.mark.parametrize("cell", list(CELLS))
-def test_cell_step_fwd_bwd(benchmark, cell, variant):
-    benchmark.group = f"step {cell}"
-    backend = "reference" if variant == "reference" else "cpp"
-    fn = step_workload(cell, backend, SIZE, memory_efficient=variant == "cpp_memeff")
-    benchmark.pedantic(fn, rounds=7, warmup_rounds=1)
+# step: one cell step (convolutions + gates) from a random state;
+# sequence: a 2-layer stack over 6 frames (the frames need no gradient, as in training).
+WORKLOADS = {"step": (step_workload, 7), "sequence": (sequence_workload, 3)}
 
 
 @pytest.mark.parametrize("variant", ["reference", "cpp", "cpp_memeff"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_sequence_fwd_bwd(benchmark, cell, variant):
-    """A 2-layer stack over 6 frames, forward + backward."""
-    benchmark.group = f"sequence {cell}"
+@pytest.mark.parametrize("kind", list(WORKLOADS))
+def test_fwd_bwd(benchmark, kind, cell, variant):
+    benchmark.group = f"{kind} {cell}"
+    workload, rounds = WORKLOADS[kind]
     backend = "reference" if variant == "reference" else "cpp"
-    fn = sequence_workload(cell, backend, SIZE, memory_efficient=variant == "cpp_memeff")
-    benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
+    fn = workload(cell, backend, SIZE, memory_efficient=variant == "cpp_memeff")
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
