@@ -58,7 +58,11 @@ static inline V fast_exp(V x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  return p * from_bits((to_int(n) + 127) << 23);
+  // NaN passed the clamps on purpose (it must propagate, through p); converting NaN to int
+  // would be undefined, so n becomes 0 there. The shift works on the biased exponent,
+  // which the clamps keep in [1, 254]: never negative.
+  const V n_safe = n == n ? n : V{};
+  return p * from_bits((to_int(n_safe) + 127) << 23);
 }
 
 template <typename V>

@@ -40,12 +40,17 @@ def _leaves(state):
     return out
 
 
-def _random_state(cell, b, h, w, dtype):
+def _random_state(cell, b, h, w, dtype, layout="contiguous"):
+    """A random state (leaves requiring grad) in the given memory layout."""
     shape = (b, cell.hidden_size, h, w)
+
+    def leaf():
+        return _layout(torch.randn(shape, dtype=dtype), layout).requires_grad_()
+
     if isinstance(cell, fc.ConvTTLSTMCell):
-        hist = tuple(torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(cell.steps))
-        return (hist[-1], torch.randn(shape, dtype=dtype, requires_grad=True), hist)
-    return tuple(torch.randn(shape, dtype=dtype, requires_grad=True) for _ in cell.state_names)
+        hist = tuple(leaf() for _ in range(cell.steps))
+        return (hist[-1], leaf(), hist)
+    return tuple(leaf() for _ in cell.state_names)
 
 
 def _run(cell, xs, state, deltas=False):
@@ -64,7 +69,7 @@ def _run(cell, xs, state, deltas=False):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("config", list(CELL_CONFIGS))
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
-@pytest.mark.parametrize("b,h,w", [(2, 9, 11), (1, 7, 5)])
+@pytest.mark.parametrize("b,h,w", [(2, 9, 11), (1, 7, 5), (2, 1, 6)])
 def test_cell_matches_reference(variant, config, layout, b, h, w):
     backend, extra = VARIANTS[variant]
     if backend == "cpp" and not _ext.cpp_available():
@@ -72,7 +77,7 @@ def test_cell_matches_reference(variant, config, layout, b, h, w):
     dtype = torch.float32
     ref, other = make_cells(config, [("reference", {}), (backend, extra)], spatial=(h, w))
     xs = [_layout(torch.randn(b, 3, h, w, dtype=dtype), layout).requires_grad_() for _ in range(3)]
-    init = _random_state(ref, b, h, w, dtype)
+    init = _random_state(ref, b, h, w, dtype, layout)
     deltas = isinstance(ref, fc.SpatioTemporalLSTMCell)
     out_ref = _run(ref, xs, init, deltas)
     out_other = _run(other, xs, init, deltas)
@@ -93,15 +98,26 @@ def test_cell_matches_reference(variant, config, layout, b, h, w):
 @requires_cpp
 @pytest.mark.parametrize("config", list(CELL_CONFIGS))
 def test_cell_float64(config):
+    """float64: the fused backends equal the reference to rounding, every output and grad."""
+    dtype = torch.float64
     ref, cpp, eff = make_cells(config, [("reference", {}), ("cpp", {}),
-                                        ("cpp", {"memory_efficient": True})],
-                               dtype=torch.float64)
-    x = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
-    outs = [_state_tensors(c(x))[0] for c in (ref, cpp, eff)]
-    grads = [torch.autograd.grad(o.sum(), [x])[0] for o in outs]
-    for o, g in zip(outs[1:], grads[1:]):
-        assert_close(o, outs[0], RTOL[torch.float64])
-        assert_close(g, grads[0], RTOL[torch.float64])
+                                        ("cpp", {"memory_efficient": True})], dtype=dtype)
+    xs = [torch.randn(2, 3, 9, 11, dtype=dtype, requires_grad=True) for _ in range(3)]
+    init = _random_state(ref, 2, 9, 11, dtype)
+    results = []
+    for cell in (ref, cpp, eff):
+        out = _run(cell, xs, init)
+        weights = [torch.ones_like(o) * (i + 1) for i, o in enumerate(out)]
+        grads = torch.autograd.grad(out, [*xs, *_leaves(init), *cell.parameters()], weights,
+                                    allow_unused=True)
+        results.append((out, grads))
+    for out, grads in results[1:]:
+        for a, e in zip(out, results[0][0]):
+            assert_close(a, e, RTOL[dtype])
+        for a, e in zip(grads, results[0][1]):
+            assert (a is None) == (e is None)
+            if e is not None:
+                assert_close(a, e, RTOL[dtype])
 
 
 @requires_cpp
