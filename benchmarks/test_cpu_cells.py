@@ -4,8 +4,9 @@
 
 Timing lives here, never in tests/. Groups compare, per cell: the gate math alone, a full
 cell step (convolutions + gates) and a 2-layer sequence, forward + backward, for the
-reference and the fused C++ backend (and its memory-efficient mode). The ratios the issue targets are printed by
-``python -m fastcells.bench``, which measures the same workloads side by side.
+reference and the fused C++ backend (and its memory-efficient mode). The ratios the issue
+targets are printed by ``python -m fastcells.bench``, which measures the same workloads side
+by side.
 """
 import pytest
 

@@ -123,10 +123,11 @@ void backward_kernel(const at::Tensor& grad_h, const at::Tensor& grad_c, const a
   });
 }
 
-void check_common(const at::Tensor& z, const at::Tensor& c_prev,
+// `gates` is z (forward) or the saved activations (backward): both (B, 4C, H, W).
+void check_common(const at::Tensor& gates, const char* name, const at::Tensor& c_prev,
                   const c10::optional<at::Tensor>& peephole) {
   check_planes(c_prev, "c_prev", c_prev.size(1), c_prev);
-  check_planes(z, "z", 4 * c_prev.size(1), c_prev);
+  check_planes(gates, name, 4 * c_prev.size(1), c_prev);
   if (peephole.has_value()) {
     TORCH_CHECK(peephole->dim() == 2 && peephole->size(0) == 3 &&
                     peephole->size(1) == c_prev.size(1) && peephole->is_contiguous(),
@@ -140,7 +141,7 @@ void check_common(const at::Tensor& z, const at::Tensor& c_prev,
 std::vector<at::Tensor> convlstm_gates_forward(const at::Tensor& z, const at::Tensor& c_prev,
                                                const c10::optional<at::Tensor>& peephole,
                                                double forget_bias) {
-  check_common(z, c_prev, peephole);
+  check_common(z, "z", c_prev, peephole);
   auto h = new_output(c_prev.sizes(), c_prev.options());
   auto c = new_output(c_prev.sizes(), c_prev.options());
   auto acts = new_output(z.sizes(), z.options());
@@ -156,7 +157,7 @@ std::vector<at::Tensor> convlstm_gates_backward(const at::Tensor& grad_h,
                                                 const at::Tensor& grad_c, const at::Tensor& acts,
                                                 const at::Tensor& c_prev, const at::Tensor& c,
                                                 const c10::optional<at::Tensor>& peephole) {
-  check_common(acts, c_prev, peephole);
+  check_common(acts, "acts", c_prev, peephole);
   check_planes(c, "c", c_prev.size(1), c_prev);
   check_planes(grad_h, "grad_h", c_prev.size(1), c_prev);
   check_planes(grad_c, "grad_c", c_prev.size(1), c_prev);

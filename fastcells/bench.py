@@ -154,12 +154,6 @@ def time_side_by_side(fns: dict[str, Callable[[], None]], repeats: int, warmup: 
     return {k: {"median": statistics.median(v), "min": min(v)} for k, v in samples.items()}
 
 
-def median_times(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
-                 ) -> dict[str, float]:
-    """Median seconds per call of each fn, measured side by side."""
-    return {k: v["median"] for k, v in time_side_by_side(fns, repeats, warmup).items()}
-
-
 def machine_info() -> dict:
     return {
         "machine": platform.machine(),

@@ -19,10 +19,13 @@ def planar(t: Tensor) -> Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
-def grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
-    """Autograd passes None for an output that did not reach the loss."""
+def grad_or_zeros(grad: Tensor | None, like: Tensor, channels: int | None = None) -> Tensor:
+    """The gradient of an output as the kernels want it: planar, and zeros when autograd
+    passes None (the output did not reach the loss). The zeros have ``like``'s shape, or
+    ``channels`` channels when given."""
     if grad is None:
-        return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+        b, c, h, w = like.shape
+        return like.new_zeros((b, channels or c, h, w))
     return planar(grad)
 
 

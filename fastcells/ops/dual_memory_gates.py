@@ -111,9 +111,7 @@ def _stlstm_setup(ctx, inputs, output):
 
 def _stlstm_backward(ctx, grad_cm, grad_o_partial, _grad_acts, grad_deltas, kernel):
     acts, c_prev, m_prev = ctx.saved_tensors
-    b, C, h, w = c_prev.shape
-    if grad_cm is None:
-        grad_cm = c_prev.new_zeros((b, 2 * C, h, w))
+    grad_cm = grad_or_zeros(grad_cm, c_prev, 2 * c_prev.shape[1])
     grad_o_partial = grad_or_zeros(grad_o_partial, c_prev)
     if not ctx.return_deltas:
         grad_deltas = None
@@ -182,9 +180,7 @@ def _mklstm_setup(ctx, inputs, output):
 
 def _mklstm_backward(ctx, grad_cc, grad_o_partial, _grad_acts, kernel):
     acts, c1_prev, c2_prev = ctx.saved_tensors
-    b, C, h, w = c1_prev.shape
-    if grad_cc is None:
-        grad_cc = c1_prev.new_zeros((b, 2 * C, h, w))
+    grad_cc = grad_or_zeros(grad_cc, c1_prev, 2 * c1_prev.shape[1])
     grad_o_partial = grad_or_zeros(grad_o_partial, c1_prev)
     return tuple(kernel(grad_cc, grad_o_partial, acts, c1_prev, c2_prev))
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ._common import autograd_pair, new_planes, planar
+from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
 
 def output_gate_ref(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
@@ -57,10 +57,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_h, _grad_acts, kernel):
     (acts,) = ctx.saved_tensors
-    b, c2, h, w = acts.shape
-    if grad_h is None:
-        grad_h = acts.new_zeros((b, c2 // 2, h, w))
-    d_o, d_l = kernel(planar(grad_h), acts)
+    d_o, d_l = kernel(grad_or_zeros(grad_h, acts, acts.shape[1] // 2), acts)
     return d_o, d_o, d_l
 
 
