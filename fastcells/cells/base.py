@@ -74,11 +74,21 @@ class CellBase(nn.Module):
         self.check_input(x)
         return self._run(x, self._resolve_state(x, state))
 
-    def _run(self, x: Tensor, state: tuple, zx=None, **options):
-        """One step without input checks (the sequence layers check once per sequence)."""
+    def _params(self) -> dict[str, Tensor]:
+        """The parameters under the names ``_step`` reads. The drop-in cells of
+        :mod:`fastcells.patch` keep a public implementation's module names and map them here."""
+        return dict(self.named_parameters())
+
+    def _run(self, x: Tensor, state: tuple, zx=None, memory_efficient: bool | None = None,
+             **options):
+        """One step without input checks (the sequence layers check once per sequence).
+
+        ``memory_efficient`` overrides the module's setting for this call."""
         backend = self._backend_for(x)
-        params = dict(self.named_parameters())
-        if self.memory_efficient and torch.is_grad_enabled():
+        params = self._params()
+        if memory_efficient is None:
+            memory_efficient = self.memory_efficient
+        if memory_efficient and torch.is_grad_enabled():
             # zx is recomputed from x inside the step rather than kept alive.
             def run(inputs, p):
                 return self._step(backend, p, inputs[0], None, *inputs[1:], **options)

@@ -56,8 +56,9 @@ class ConvLSTMCell(CellBase):
     def input_projection(self, x: Tensor) -> Tensor:
         """The input half of the convolution for every frame of x (B, T, Cin, H, W) at once."""
         b, t = x.shape[:2]
-        w = self.conv.weight[:, : self.input_size]
-        z = F.conv2d(x.reshape(b * t, *x.shape[2:]), w, self.conv.bias, padding=self.padding)
+        p = self._params()
+        w = p["conv.weight"][:, : self.input_size]
+        z = F.conv2d(x.reshape(b * t, *x.shape[2:]), w, p.get("conv.bias"), padding=self.padding)
         return z.view(b, t, *z.shape[1:])
 
     def _step(self, backend, p, x, zx, h, c):

@@ -96,17 +96,17 @@ class ConvTTLSTMCell(CellBase):
     def input_projection(self, x: Tensor) -> Tensor:
         """The input part of G_last for every frame of x (B, T, Cin, H, W) at once."""
         b, t = x.shape[:2]
-        last = self.factors[-1]
-        z = F.conv2d(x.reshape(b * t, *x.shape[2:]), last.weight[:, : self.input_size],
-                     last.bias, padding=self.padding)
+        p, last = self._params(), f"factors.{self.order - 1}"
+        z = F.conv2d(x.reshape(b * t, *x.shape[2:]), p[f"{last}.weight"][:, : self.input_size],
+                     p.get(f"{last}.bias"), padding=self.padding)
         return z.view(b, t, *z.shape[1:])
 
     def _step(self, backend, p, x, zx, c, *history):
         D, pad, N = self.lags, self.padding, self.order
-        w_last, b_last = p[f"factors.{N - 1}.weight"], p[f"factors.{N - 1}.bias"]
+        w_last, b_last = p[f"factors.{N - 1}.weight"], p.get(f"factors.{N - 1}.bias")
         v = None
         for level in range(N):
-            bias = p[f"preprocess.{level}.bias"]
+            bias = p.get(f"preprocess.{level}.bias")
             if backend == "reference":
                 window = torch.cat(history[level:level + D], dim=1)
                 pre = F.conv2d(window, self._window_weight(p, level), bias, padding=pad)
@@ -119,8 +119,8 @@ class ConvTTLSTMCell(CellBase):
             if v is None:
                 v = pre
             else:
-                v = F.conv2d(v, p[f"factors.{level - 1}.weight"], p[f"factors.{level - 1}.bias"],
-                             padding=pad)
+                v = F.conv2d(v, p[f"factors.{level - 1}.weight"],
+                             p.get(f"factors.{level - 1}.bias"), padding=pad)
                 v = pre + v if backend == "reference" else v.add_(pre)
         if backend == "reference":
             z = F.conv2d(torch.cat([x, v], dim=1), w_last, b_last, padding=pad)

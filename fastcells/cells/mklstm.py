@@ -61,10 +61,10 @@ class MKLSTMCell(CellBase):
     def input_projection(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Both input convolutions (with both biases) for every frame of x (B, T, Cin, H, W)."""
         b, t = x.shape[:2]
-        flat = x.reshape(b * t, *x.shape[2:])
+        flat, p = x.reshape(b * t, *x.shape[2:]), self._params()
         return tuple(
-            F.conv2d(flat, self.conv_x2h[k].weight,
-                     self.conv_x2h[k].bias + self.conv_h2h[k].bias,
+            F.conv2d(flat, p[f"conv_x2h.{k}.weight"],
+                     p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
                      padding=self.kernel_sizes[k] // 2).view(b, t, -1, *x.shape[3:])
             for k in (0, 1))
 

@@ -75,7 +75,7 @@ class SpatioTemporalLSTMCell(CellBase):
     def input_projection(self, x: Tensor) -> Tensor:
         """conv_x for every frame of x (B, T, Cin, H, W) at once."""
         b, t = x.shape[:2]
-        z = self._conv(dict(self.named_parameters()), "conv_x", x.reshape(b * t, *x.shape[2:]))
+        z = self._conv(self._params(), "conv_x", x.reshape(b * t, *x.shape[2:]))
         return z.view(b, t, *z.shape[1:])
 
     def forward(self, x: Tensor, state=None, return_deltas: bool = False):

@@ -1,0 +1,208 @@
+"""How a fastcells cell takes the place of a public implementation's cell.
+
+A drop-in cell *adopts* the original's submodules under their original names, so
+``state_dict()`` keys and shapes, ``named_parameters()`` and any optimizer built before
+patching are unchanged (they are the same Parameter objects), and ``unpatch`` can hand the
+original back with whatever training happened in between. ``_params`` maps the adopted
+names to the names the fastcells step function reads.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..cells.base import CellBase
+
+
+class Skip(Exception):
+    """A module with a recognised class name that fastcells cannot reproduce exactly."""
+
+
+# Attributes every nn.Module has, and the ones fastcells' own cells rely on: never carried.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_PROTECTED = frozenset({"input_size", "hidden_size", "requested_backend", "memory_efficient"})
+
+
+class DropIn:
+    """Mixin placed before a fastcells cell class in a drop-in's bases.
+
+    ``family`` names the public implementation; ``_module_aliases`` maps adopted module
+    names to the fastcells cell's canonical ones (parameters are renamed by prefix).
+    """
+
+    family: str = ""
+    _module_aliases: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def adopt(cls, original: nn.Module, modules: dict[str, nn.Module], backend: str,
+              memory_efficient: bool = False, **cell_kwargs):
+        """A drop-in for ``original`` running on its ``modules`` (name -> submodule)."""
+        # The fastcells cell is built on the meta device (no memory, no init), then its own
+        # submodules are replaced by the adopted ones.
+        with torch.device("meta"):
+            cell = cls(backend=backend, memory_efficient=memory_efficient, **cell_kwargs)
+        own = set(vars(cell))
+        for name in list(cell._modules):
+            delattr(cell, name)
+        # in the original's registration order, so state_dict and parameters() keep their
+        # order too (optimizer state is matched to parameters by position)
+        for name in sorted(modules, key=list(original._modules).index):
+            setattr(cell, name, modules[name])
+        if any(p.is_meta for p in cell.parameters()):
+            raise RuntimeError(f"{cls.__name__}: a parameter was not adopted from the original")
+        for name, value in vars(original).items():
+            if (name in _MODULE_INTERNALS or name in _PROTECTED or name.startswith("_fastcells")
+                    or hasattr(type(cell), name)):
+                continue
+            # lists (Conv-TT-LSTM's ring buffer) are copied so the two modules do not alias
+            setattr(cell, name, copy.copy(value) if isinstance(value, (list, dict)) else value)
+        cell.train(original.training)
+        object.__setattr__(cell, "_fastcells_original", original)  # not a submodule
+        object.__setattr__(cell, "_fastcells_own", own - set(vars(original)))
+        return cell
+
+    def _params(self) -> dict[str, Tensor]:
+        params = {}
+        for name, p in self.named_parameters():
+            prefix, _, leaf = name.rpartition(".")
+            params[f"{self._module_aliases.get(prefix, prefix)}.{leaf}"] = p
+        return params
+
+    def restore_original(self) -> nn.Module:
+        """The module this drop-in replaced, with the drop-in's attribute values (state,
+        ring-buffer pointer, ...) copied back; its parameters are the shared ones."""
+        original = self._fastcells_original
+        for name, value in vars(self).items():
+            # everything but fastcells' own bookkeeping: carried attributes and the state
+            # the family's forward created (e.g. NVlabs' ring buffer after first_step)
+            if (name in _MODULE_INTERNALS or name in _PROTECTED or name in self._fastcells_own
+                    or name.startswith("_fastcells") or hasattr(type(self), name)):
+                continue
+            setattr(original, name, value)
+        original.train(self.training)
+        return original
+
+    def extra_repr(self) -> str:
+        return f"drop-in for {self.family}, " + super().extra_repr()
+
+
+def is_drop_in(module: nn.Module) -> bool:
+    return isinstance(module, DropIn) and isinstance(module, CellBase)
+
+
+# -- structural checks -------------------------------------------------------------------------
+def odd_square_kernel(module: nn.Module, name: str) -> int:
+    """Checks ``module`` is a plain stride-1 'same'-padded conv and returns its kernel size."""
+    kind = nn.Conv3d if isinstance(module, nn.Conv3d) else nn.Conv2d
+    if type(module) is not kind:
+        raise Skip(f"{name} is {type(module).__name__}, not a plain nn.Conv2d")
+    k = module.kernel_size[0]
+    if module.kernel_size[:2] != (k, k) or k % 2 == 0:
+        raise Skip(f"{name} has kernel {module.kernel_size}: fastcells needs odd square kernels")
+    if any(s != 1 for s in module.stride) or any(d != 1 for d in module.dilation):
+        raise Skip(f"{name} has stride {module.stride} / dilation {module.dilation}; "
+                   f"fastcells cells are stride 1, dilation 1")
+    if module.groups != 1 or module.padding_mode != "zeros":
+        raise Skip(f"{name} has groups={module.groups}, padding_mode={module.padding_mode!r}")
+    if isinstance(module.padding, str) or tuple(module.padding[:2]) != (k // 2, k // 2):
+        raise Skip(f"{name} has padding {module.padding}; fastcells uses 'same' padding "
+                   f"{k // 2} for kernel {k}")
+    return k
+
+
+def expect_channels(module: nn.Module, name: str, cin: int, cout: int) -> None:
+    if (module.in_channels, module.out_channels) != (cin, cout):
+        raise Skip(f"{name} maps {module.in_channels} -> {module.out_channels} channels, "
+                   f"expected {cin} -> {cout}")
+
+
+def same_bias(convs: dict[str, nn.Module]) -> bool:
+    has = {name: conv.bias is not None for name, conv in convs.items()}
+    if len(set(has.values())) != 1:
+        raise Skip(f"mixed biases {has}: fastcells' cell has all or none")
+    return next(iter(has.values()))
+
+
+def required_attrs(module: nn.Module, names) -> None:
+    missing = [n for n in names if not hasattr(module, n)]
+    if missing:
+        raise Skip(f"has no attribute(s) {', '.join(missing)}")
+
+
+# -- the numerical probe ------------------------------------------------------------------------
+class _DefaultDtype:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.saved = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.saved)
+
+
+def verify(original: nn.Module, convert, run, tol: float = 1e-9) -> int:
+    """Runs ``original`` and its drop-in on the same random float64 inputs and weights.
+
+    ``convert(module, backend)`` builds a drop-in; ``run(module, generator)`` calls a module
+    with the family's forward signature and returns its outputs as a flat list. Raises
+    :class:`Skip` when the outputs differ (the module is a lookalike whose forward computes
+    something else) or the original fails on the probe; returns how many outputs it gave.
+    """
+    with _DefaultDtype(torch.float64), torch.no_grad():
+        ref = copy.deepcopy(original).to("cpu", torch.float64)
+        gen = torch.Generator().manual_seed(0)
+        for p in ref.parameters():  # random weights and biases so every term matters
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+        candidate = convert(copy.deepcopy(ref), "reference")
+        try:
+            want = run(ref, torch.Generator().manual_seed(1))
+        except Exception as e:
+            raise Skip(f"its forward failed on a probe input ({type(e).__name__}: {e})") from e
+        got = run(candidate, torch.Generator().manual_seed(1))
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
+        raise Skip(f"the drop-in returns {len(got)} outputs of other shapes than the "
+                   f"original's {len(want)}")
+    for i, (g, w) in enumerate(zip(got, want)):
+        err = ((g - w).norm() / w.norm().clamp_min(1e-30)).item()
+        if not err < tol:
+            raise Skip(f"its forward computes something else (output {i} differs by "
+                       f"relative error {err:.1e} on a probe input)")
+    return len(want)
+
+
+def randn(gen: torch.Generator, *shape) -> Tensor:
+    return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+def flat_outputs(out) -> list[Tensor]:
+    """Tensors of a (possibly nested) tuple/list output, in order."""
+    if isinstance(out, Tensor):
+        return [out]
+    return [t for item in out for t in flat_outputs(item)]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One public implementation's cell: how to recognise, convert and probe it.
+
+    ``markers`` are attributes that tell it apart from other cells with the same class name;
+    ``convert(module, backend, memory_efficient)`` returns the drop-in or raises
+    :class:`Skip`; ``run(module, generator)`` calls a module with this family's forward
+    signature on random inputs (for :func:`verify`).
+    """
+
+    name: str
+    class_name: str
+    markers: tuple[str, ...]
+    convert: Callable
+    run: Callable
+
+    def claims(self, module: nn.Module) -> bool:
+        return (type(module).__name__ == self.class_name
+                and all(hasattr(module, a) for a in self.markers))

@@ -1,0 +1,78 @@
+"""mazhf/MS-RNN ``MK_LSTM_Cell(input_channel, output_channel, b_h_w, kernel_size, stride,
+padding)``: ``forward(x, hiddens) -> (output, [h, c_3, c_5])``, zeros when ``hiddens`` is
+None. Its h2h and c2o convolutions read ``input_channel`` channels, so the cell only runs
+with ``input_channel == output_channel``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..cells import MKLSTMCell
+from .dropin import (
+    DropIn,
+    Family,
+    Skip,
+    expect_channels,
+    odd_square_kernel,
+    randn,
+    required_attrs,
+    same_bias,
+)
+
+_BRANCHES = ("3", "5")
+_ALIASES = {f"_conv_{kind}_{k}": f"conv_{kind}.{i}"
+            for kind in ("x2h", "h2h", "c2o") for i, k in enumerate(_BRANCHES)}
+_ALIASES["_conv_out"] = "conv_out"
+
+
+class MSRNNMKLSTMCell(DropIn, MKLSTMCell):
+    """Drop-in for MS-RNN's MK_LSTM_Cell (branch convolutions ``_conv_*_3``/``_conv_*_5``)."""
+
+    family = "mazhf/MS-RNN MK_LSTM_Cell"
+    _module_aliases = _ALIASES
+
+    def forward(self, x, hiddens):
+        """x (B, C, H, W); hiddens ``[h, c_3, c_5]`` each (B, C, H, W) or None (zeros of the
+        size given at construction). Returns ``(h, [h, c_3, c_5])``."""
+        self.check_input(x)
+        if hiddens is None:
+            zeros = torch.zeros(x.shape[0], self._input_channel, self._state_height,
+                                self._state_width, dtype=x.dtype, device=x.device)
+            hiddens = (zeros, zeros, zeros)
+        h, c3, c5 = self._run(x, self.check_state(tuple(hiddens), x))
+        return h, [h, c3, c5]
+
+
+def convert(module: nn.Module, backend: str, memory_efficient: bool = False):
+    required_attrs(module, (*_ALIASES, "_input_channel", "_output_channel"))
+    cin, C = int(module._input_channel), int(module._output_channel)
+    if cin != C:
+        raise Skip(f"input_channel {cin} != output_channel {C}: the original's h2h "
+                   f"convolution cannot read its own hidden state")
+    convs = {name: getattr(module, name) for name in _ALIASES}
+    kernels = {name: odd_square_kernel(m, name) for name, m in convs.items()}
+    k3, k5 = kernels["_conv_x2h_3"], kernels["_conv_x2h_5"]
+    for kind in ("x2h", "h2h", "c2o"):
+        for b, k in zip(_BRANCHES, (k3, k5)):
+            name = f"_conv_{kind}_{b}"
+            if kernels[name] != k:
+                raise Skip(f"{name} has kernel {kernels[name]}, its branch {k}")
+            expect_channels(convs[name], name, C, C if kind == "c2o" else 4 * C)
+    if kernels["_conv_out"] != 1:
+        raise Skip("_conv_out is not a 1x1 convolution")
+    expect_channels(convs["_conv_out"], "_conv_out", 2 * C, C)
+    if not same_bias(convs):
+        raise Skip("bias-free convolutions; MS-RNN's (and fastcells') MK-LSTM has biases")
+    return MSRNNMKLSTMCell.adopt(module, convs, backend, memory_efficient, input_size=cin,
+                                 hidden_size=C, kernel_sizes=(k3, k5))
+
+
+def run(module: nn.Module, gen: torch.Generator) -> list:
+    b, h, w, C = 2, 5, 7, module._output_channel
+    out, hiddens = module(randn(gen, b, module._input_channel, h, w),
+                          [randn(gen, b, C, h, w) for _ in range(3)])
+    return [out, *hiddens]
+
+
+FAMILY = Family("mazhf/MS-RNN MK_LSTM_Cell", "MK_LSTM_Cell",
+                ("_conv_x2h_3", "_conv_h2h_3", "_conv_x2h_5", "_conv_h2h_5"), convert, run)

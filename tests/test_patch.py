@@ -1,0 +1,319 @@
+"""fastcells.patch on models built from re-creations of the public cells (tests/public)."""
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import fastcells
+from fastcells.cells.base import CellBase
+from fastcells.patching import DropIn, PatchWarning, convert
+
+from .conftest import requires_cpp
+from .helpers import assert_close, randomize
+from .public import msrnn, ndrplz, nvlabs, nvlabs_v4, thuml, thuml_old
+
+B = 2
+
+
+def _mask(frames, input_length):
+    b, t, *rest = frames.shape
+    return torch.bernoulli(torch.full((b, t - input_length - 1, *rest), 0.5))
+
+
+# name -> (model factory, input shape (B, T, C, H, W), forward(model, frames) -> outputs,
+#          expected replaced names)
+CASES = {
+    "ndrplz": (lambda: ndrplz.ConvLSTM(3, 6, (3, 3), 2, batch_first=True),
+               (B, 4, 3, 13, 11), lambda m, x: (m(x)[0][0], *m(x)[1][0]),
+               ["cell_list.0", "cell_list.1"]),
+    "ndrplz_k5_nobias": (lambda: ndrplz.ConvLSTM(3, 5, (5, 5), 1, batch_first=True, bias=False),
+                         (1, 3, 3, 7, 9), lambda m, x: m(x)[0][0], ["cell_list.0"]),
+    "thuml": (lambda: thuml.RNN(2, [6, 6], 3, 0, filter_size=3, input_length=2),
+              (B, 5, 3, 13, 11), lambda m, x: m(x, _mask(x, 2)), ["cell_list.0", "cell_list.1"]),
+    "thuml_layer_norm": (lambda: thuml.RNN(2, [5, 5], 3, 9, filter_size=5, layer_norm=True,
+                                           input_length=2),
+                         (B, 5, 3, 9, 9), lambda m, x: m(x, _mask(x, 2)),
+                         ["cell_list.0", "cell_list.1"]),
+    "thuml_old": (lambda: thuml_old.RNN(2, [5, 5], 2, 7, filter_size=3, input_length=2),
+                  (1, 4, 2, 7, 7), lambda m, x: m(x, _mask(x, 2)), ["cell_list.0", "cell_list.1"]),
+    "predrnn_v2": (lambda: thuml.RNNv2(2, [5, 5], 3, 0, filter_size=3, input_length=2),
+                   (B, 5, 3, 11, 7), lambda m, x: m(x, _mask(x, 2)),
+                   ["cell_list.0", "cell_list.1"]),
+    "nvlabs_convlstm": (lambda: nvlabs.ConvLSTMNet(nvlabs.ConvLSTMCell, 3, 6, 2),
+                        (B, 4, 3, 11, 9), lambda m, x: m(x), ["layers.b0l0", "layers.b0l1"]),
+    "nvlabs_convttlstm": (lambda: nvlabs.ConvLSTMNet(
+        functools.partial(nvlabs.ConvTTLSTMCell, order=2, steps=4, ranks=3, kernel_size=3),
+        3, 5, 2), (B, 7, 3, 9, 11), lambda m, x: m(x), ["layers.b0l0", "layers.b0l1"]),
+    "nvlabs_convttlstm_v4": (lambda: nvlabs.ConvLSTMNet(
+        functools.partial(nvlabs_v4.ConvTTLSTMCell, ranks=4, kernel_size=3), 3, 5, 2),
+        (1, 6, 3, 7, 9), lambda m, x: m(x), ["layers.b0l0", "layers.b0l1"]),
+    "nvlabs_convttlstm_v4_channels": (lambda: nvlabs.ConvLSTMNet(
+        functools.partial(nvlabs_v4.ConvTTLSTMCell, concat_temporal=False, order=2, steps=2,
+                          ranks=3, kernel_size=3), 2, 4, 1),
+        (B, 5, 2, 9, 7), lambda m, x: m(x), ["layers.b0l0"]),
+    "msrnn_ms_lstm": (lambda: msrnn.MS_LSTM(3, 6, (B, 12, 8)), (B, 3, 3, 12, 8),
+                      lambda m, x: m(x), [f"lstm.{i}" for i in range(6)]),
+    "msrnn_stack": (lambda: msrnn.MKStack(3, 5, (B, 13, 11)), (B, 3, 3, 13, 11), lambda m, x: m(x),
+                    ["cells.0", "cells.1"]),
+}
+BACKENDS = ["reference", pytest.param("cpp", marks=requires_cpp)]
+
+
+def _models(case, dtype=torch.float32):
+    factory, shape, _, _ = CASES[case]
+    original = factory().to(dtype)
+    randomize(original)
+    return original, copy.deepcopy(original), shape
+
+
+def _outputs(case, model, x):
+    out = CASES[case][2](model, x)
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _run(case, model, x, weights=None):
+    """Outputs, and grads of a random projection of them wrt the input and parameters."""
+    torch.manual_seed(1)  # same masks for both models
+    x = x.detach().clone().requires_grad_(True)
+    outs = _outputs(case, model, x)
+    if weights is None:
+        weights = [torch.randn_like(o) for o in outs]
+    sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return outs, x.grad, grads, weights
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_patched_model_matches_original(case, backend):
+    original, patched, shape = _models(case)
+    names = fastcells.patch(patched, backend=backend)
+    assert names == CASES[case][3]
+    for name in names:
+        cell = patched.get_submodule(name)
+        assert isinstance(cell, CellBase) and isinstance(cell, DropIn)
+        assert cell.backend == backend
+    x = torch.randn(shape)
+    want, want_dx, want_dp, weights = _run(case, original, x)
+    got, got_dx, got_dp, _ = _run(case, patched, x, weights)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert_close(g, w, 1e-5, f"output {i}")
+    assert_close(got_dx, want_dx, 1e-4, "input grad")
+    assert got_dp.keys() == want_dp.keys()
+    for name in want_dp:
+        assert_close(got_dp[name], want_dp[name], 1e-4, f"grad {name}")
+
+
+@pytest.mark.parametrize("case", ["thuml", "predrnn_v2", "msrnn_stack"])
+def test_float64_patched_model_is_exact(case):
+    original, patched, shape = _models(case, torch.float64)
+    fastcells.patch(patched)
+    x = torch.randn(shape, dtype=torch.float64)
+    want, want_dx, want_dp, weights = _run(case, original, x)
+    got, got_dx, got_dp, _ = _run(case, patched, x, weights)
+    for g, w in zip([*got, got_dx, *got_dp.values()], [*want, want_dx, *want_dp.values()]):
+        assert_close(g, w, 1e-11)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_state_dict_and_checkpoints_are_unchanged(case):
+    original, patched, shape = _models(case)
+    before = {k: v.shape for k, v in original.state_dict().items()}
+    params_before = [id(p) for p in patched.parameters()]
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    fastcells.patch(patched)
+    after = {k: v.shape for k, v in patched.state_dict().items()}
+    assert list(after) == list(before) and after == before  # same keys, order and shapes
+    # the same Parameter objects: optimizers built before patching keep working
+    assert [id(p) for p in patched.parameters()] == params_before
+
+    # a checkpoint saved before patching loads after it, and one saved after loads before
+    fresh = CASES[case][0]()
+    fastcells.patch(fresh)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer))
+    unpatched = CASES[case][0]()
+    unpatched.load_state_dict(fresh.state_dict())
+    x = torch.randn(shape)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        want = _outputs(case, original, x)
+        torch.manual_seed(1)
+        got = _outputs(case, fresh, x)
+        torch.manual_seed(1)
+        back = _outputs(case, unpatched, x)
+    for g, b, w in zip(got, back, want):
+        assert_close(g, w, 1e-5)
+        assert_close(b, w, 0)
+
+
+def test_optimizer_built_before_patching_trains_the_patched_model():
+    original, patched, shape = _models("ndrplz")
+    opt = torch.optim.SGD(patched.parameters(), lr=0.1)
+    opt_ref = torch.optim.SGD(original.parameters(), lr=0.1)
+    fastcells.patch(patched)
+    x = torch.randn(shape)
+    for model, o in ((original, opt_ref), (patched, opt)):
+        o.zero_grad()
+        model(x)[0][0].square().mean().backward()
+        o.step()
+    for (n, p), q in zip(patched.named_parameters(), original.parameters()):
+        assert_close(p.detach(), q.detach(), 1e-6, n)
+
+
+def test_unpatch_restores_originals_with_trained_weights_and_state():
+    model = nvlabs.ConvLSTMNet(nvlabs.ConvTTLSTMCell, 3, 4, 2)
+    originals = [model.layers.b0l0, model.layers.b0l1]
+    names = fastcells.patch(model)
+    x = torch.randn(1, 5, 3, 7, 7)
+    model(x).sum().backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(0.1 * p.grad)
+    patched_cells = [model.layers.b0l0, model.layers.b0l1]
+    assert fastcells.unpatch(model) == names
+    assert [model.layers.b0l0, model.layers.b0l1] == originals
+    for orig, drop in zip(originals, patched_cells):
+        assert orig.hidden_pointer == drop.hidden_pointer == 5 % 3
+        assert all(a is b for a, b in zip(orig.hidden_states, drop.hidden_states))
+        assert orig.cell_states is drop.cell_states
+        assert all(p is q for p, q in zip(orig.parameters(), drop.parameters()))
+    assert not any(isinstance(m, DropIn) for m in model.modules())
+    assert fastcells.unpatch(model) == []
+
+
+def test_shared_cell_converts_once_and_patch_is_idempotent():
+    cell = ndrplz.ConvLSTMCell(3, 4, (3, 3), True)
+    model = nn.ModuleDict({"a": cell, "b": cell})
+    assert fastcells.patch(model) == ["a", "b"]
+    assert model.a is model.b and isinstance(model.a, DropIn)
+    assert fastcells.patch(model) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nvlabs_checkpointing_and_memory_efficient_match(backend):
+    original, patched, shape = _models("nvlabs_convttlstm")
+    eff = copy.deepcopy(original)
+    fastcells.patch(patched, backend=backend)
+    fastcells.patch(eff, backend=backend, memory_efficient=True)
+    x = torch.randn(shape)
+    want = _run("nvlabs_convttlstm", original, x)
+    fwd = CASES["nvlabs_convttlstm"][2]
+    CASES["nvlabs_convttlstm_ckpt"] = (None, shape, lambda m, x: m(x, checkpointing=True), None)
+    try:
+        for model, case in ((patched, "nvlabs_convttlstm_ckpt"), (eff, "nvlabs_convttlstm")):
+            got = _run(case, model, x, want[3])
+            assert_close(got[0][0], want[0][0], 1e-5)
+            assert_close(got[1], want[1], 1e-4)
+            for name in want[2]:
+                assert_close(got[2][name], want[2][name], 1e-4, name)
+    finally:
+        del CASES["nvlabs_convttlstm_ckpt"]
+    assert fwd is CASES["nvlabs_convttlstm"][2]
+
+
+def test_predrnn_v2_cell_returns_deltas():
+    cell = thuml.SpatioTemporalLSTMCellV2(3, 4, 0, 3, 1, False)
+    randomize(cell)
+    drop = convert(copy.deepcopy(cell))
+    inputs = [torch.randn(2, c, 7, 5) for c in (3, 4, 4, 4)]
+    want, got = cell(*inputs), drop(*inputs)
+    assert len(got) == 5 and drop.returns_deltas
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-5)
+    plain = convert(thuml.SpatioTemporalLSTMCell(3, 4, 0, 3, 1, False))
+    assert len(plain(*inputs)) == 3 and not plain.returns_deltas
+
+
+def test_cell_apis_are_kept():
+    drop = convert(ndrplz.ConvLSTMCell(3, 4, (3, 3), True).double())
+    h, c = drop.init_hidden(2, (5, 6))
+    assert h.shape == c.shape == (2, 4, 5, 6) and h.dtype == torch.float64 and h is not c
+    assert (drop.input_dim, drop.hidden_dim, drop.kernel_size, drop.padding, drop.bias) == \
+        (3, 4, (3, 3), (1, 1), True)
+    mk = msrnn.MK_LSTM_Cell(4, 4, [2, 6, 5], 3, 1, 1)
+    drop_mk = convert(copy.deepcopy(mk))
+    x = torch.randn(2, 4, 6, 5)
+    out, hiddens = drop_mk(x, None)
+    want_out, want_hiddens = mk(x, None)
+    assert isinstance(hiddens, list) and len(hiddens) == 3 and hiddens[0] is out
+    for g, w in zip([out, *hiddens], [want_out, *want_hiddens]):
+        assert_close(g, w, 1e-5)
+    tt = convert(nvlabs.ConvTTLSTMCell(3, 4))
+    with pytest.raises(RuntimeError, match="first_step=True"):
+        tt(torch.randn(1, 3, 5, 5))
+    with pytest.raises(ValueError, match="inputs"):
+        tt(torch.randn(1, 2, 5, 5), first_step=True)
+
+
+def _lookalikes():
+    """(module, text the skip reason must contain)."""
+    items = []
+    three_gates = ndrplz.ConvLSTMCell(3, 4, (3, 3), True)
+    three_gates.conv = nn.Conv2d(7, 12, 3, padding=1)
+    items.append((three_gates, "expected 7 -> 16"))
+    items.append((thuml.SpatioTemporalLSTMCell(3, 4, 0, 3, 2, False), "stride"))
+    dilated = nvlabs.ConvLSTMCell(3, 4, 3)
+    dilated.conv = nn.Conv2d(7, 16, 3, padding=2, dilation=2)
+    items.append((dilated, "dilation"))
+    unpadded = ndrplz.ConvLSTMCell(3, 4, (3, 3), True)
+    unpadded.conv.padding = (0, 0)
+    items.append((unpadded, "padding"))
+    items.append((ndrplz.ConvLSTMCell(3, 4, (3, 5), True), "odd square"))
+
+    class ConvLSTMCell(ndrplz.ConvLSTMCell):  # same name and structure, other function
+        def forward(self, input_tensor, cur_state):
+            h, c = super().forward(input_tensor, cur_state)
+            return h, c * 0.5
+
+    items.append((ConvLSTMCell(3, 4, (3, 3), True), "computes something else"))
+    items.append((nvlabs_v4.ConvTTLSTMCell(3, 4, version="v2"), "version='v2'"))
+    items.append((nvlabs_v4.ConvTTLSTMCell(3, 4, order=2, steps=3), "modulo order"))
+    items.append((msrnn.MK_LSTM_Cell(4, 6, [1, 5, 5], 3, 1, 1), "input_channel 4 != "))
+
+    class SpatioTemporalLSTMCell(nn.Module):  # the name, another layout
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 12, 3, padding=1)
+
+    items.append((SpatioTemporalLSTMCell(), "match no recognised layout"))
+    odd_ln = thuml.SpatioTemporalLSTMCell(3, 4, 5, 3, 1, True)
+    odd_ln.conv_h[1] = nn.LayerNorm([16, 5, 5], eps=1e-3)
+    items.append((odd_ln, "eps"))
+    return items
+
+
+def test_lookalikes_are_left_alone_and_reported():
+    items = _lookalikes()
+    model = nn.ModuleList(m for m, _ in items)
+    with pytest.warns(PatchWarning) as record:
+        assert fastcells.patch(model) == []
+    message = str(record[0].message)
+    for i, ((module, reason), kept) in enumerate(zip(items, model)):
+        assert kept is module
+        line = next(line for line in message.splitlines() if line.strip().startswith(f"{i} ("))
+        assert reason in line, line
+    assert len(record) == 1
+
+
+def test_convert_and_patch_errors():
+    with pytest.raises(ValueError, match="stride"):
+        convert(thuml.SpatioTemporalLSTMCell(3, 4, 0, 3, 2, False))
+    with pytest.raises(ValueError, match="fastcells.patching.convert"):
+        fastcells.patch(ndrplz.ConvLSTMCell(3, 4, (3, 3), True))
+    with pytest.raises(ValueError, match="backend"):
+        fastcells.patch(nn.Sequential(), backend="fast")
+
+
+def test_verify_false_converts_without_probe():
+    model = nn.Sequential(ndrplz.ConvLSTMCell(3, 4, (3, 3), True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fastcells.patch(model, verify=False) == ["0"]
