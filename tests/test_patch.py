@@ -317,3 +317,20 @@ def test_verify_false_converts_without_probe():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fastcells.patch(model, verify=False) == ["0"]
+
+
+def test_patched_model_pickles_and_deepcopies():
+    original, patched, shape = _models("nvlabs_convttlstm")
+    fastcells.patch(patched)
+    buffer = io.BytesIO()
+    torch.save(patched, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    clone = copy.deepcopy(patched)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        want = original(x)
+        for model in (loaded, clone):
+            assert isinstance(model.layers.b0l0, DropIn)
+            assert_close(model(x), want, 1e-5)
+    assert fastcells.unpatch(clone) == ["layers.b0l0", "layers.b0l1"]

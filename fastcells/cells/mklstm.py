@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._conv import input_conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -77,9 +78,9 @@ class MKLSTMCell(CellBase):
             # Split, never [x; h]: a concatenated copy kept for backward would cost 2C per
             # step. The input convolutions carry both biases (CELLS.md allows summing them).
             if zx is None:
-                zx = [F.conv2d(x, p[f"conv_x2h.{k}.weight"],
-                               p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
-                               padding=self.kernel_sizes[k] // 2) for k in (0, 1)]
+                zx = [input_conv(x, p[f"conv_x2h.{k}.weight"],
+                                 p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
+                                 self.kernel_sizes[k] // 2) for k in (0, 1)]
             z1, z2 = (F.conv2d(h, p[f"conv_h2h.{k}.weight"], None,
                                padding=self.kernel_sizes[k] // 2).add_(zx[k]) for k in (0, 1))
         c1, c2, cc, o_partial = gates.mklstm(z1, z2, c1, c2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._conv import input_conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -66,8 +67,10 @@ class SpatioTemporalLSTMCell(CellBase):
         self.conv_o = block(2 * C, C)
         self.conv_last = nn.Conv2d(2 * C, C, 1, bias=bias)
 
-    def _conv(self, p: dict, name: str, x: Tensor) -> Tensor:
-        z = F.conv2d(x, p[f"{name}.0.weight"], p.get(f"{name}.0.bias"), padding=self.padding)
+    def _conv(self, p: dict, name: str, x: Tensor, step_input: bool = False) -> Tensor:
+        w, b = p[f"{name}.0.weight"], p.get(f"{name}.0.bias")
+        z = (input_conv(x, w, b, self.padding) if step_input
+             else F.conv2d(x, w, b, padding=self.padding))
         if self.layer_norm:
             z = F.layer_norm(z, z.shape[1:], p[f"{name}.1.weight"], p[f"{name}.1.bias"])
         return z
@@ -86,7 +89,7 @@ class SpatioTemporalLSTMCell(CellBase):
     def _step(self, backend, p, x, zx, h, c, m, return_deltas=False):
         gates = self._gates(backend)
         if zx is None:
-            zx = self._conv(p, "conv_x", x)
+            zx = self._conv(p, "conv_x", x, step_input=backend != "reference")
         c, m, cm, o_partial, deltas = gates.stlstm(zx, self._conv(p, "conv_h", h),
                                                    self._conv(p, "conv_m", m), c, m,
                                                    return_deltas)
