@@ -24,7 +24,8 @@ def check_tensor(x, name: str, shape: Shape, like: Tensor) -> None:
     if x.dim() != len(shape) or any(isinstance(want, int) and got != want
                                     for got, want in zip(x.shape, shape)):
         raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(x.shape)}")
-    if x.dtype != like.dtype:
+    # inside an autocast region the cells cast their inputs to the parameters' dtype
+    if x.dtype != like.dtype and not torch.is_autocast_enabled(like.device.type):
         raise TypeError(f"{name}: dtype {x.dtype} differs from the parameters' {like.dtype} "
                         f"(convert the module or the input with .to())")
     if x.device != like.device:

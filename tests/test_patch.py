@@ -15,7 +15,7 @@ from fastcells.cells.base import CellBase
 from fastcells.patching import DropIn, PatchWarning, convert
 
 from .conftest import requires_cpp
-from .helpers import assert_close, randomize
+from .helpers import assert_close, randomize, rel_error
 from .public import msrnn, ndrplz, nvlabs, nvlabs_v4, thuml, thuml_old
 
 B = 2
@@ -102,6 +102,7 @@ def test_patched_model_matches_original(case, backend):
     x = torch.randn(shape)
     want, want_dx, want_dp, weights = _run(case, original, x)
     got, got_dx, got_dp, _ = _run(case, patched, x, weights)
+    assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         assert_close(g, w, 1e-5, f"output {i}")
     assert_close(got_dx, want_dx, 1e-4, "input grad")
@@ -117,6 +118,7 @@ def test_float64_patched_model_is_exact(case):
     x = torch.randn(shape, dtype=torch.float64)
     want, want_dx, want_dp, weights = _run(case, original, x)
     got, got_dx, got_dp, _ = _run(case, patched, x, weights)
+    assert len(got) == len(want) and got_dp.keys() == want_dp.keys()
     for g, w in zip([*got, got_dx, *got_dp.values()], [*want, want_dx, *want_dp.values()]):
         assert_close(g, w, 1e-11)
 
@@ -149,6 +151,7 @@ def test_state_dict_and_checkpoints_are_unchanged(case):
         got = _outputs(case, fresh, x)
         torch.manual_seed(1)
         back = _outputs(case, unpatched, x)
+    assert len(got) == len(back) == len(want)
     for g, b, w in zip(got, back, want):
         assert_close(g, w, 1e-5)
         assert_close(b, w, 0)
@@ -287,6 +290,52 @@ def _lookalikes():
     odd_ln = thuml.SpatioTemporalLSTMCell(3, 4, 5, 3, 1, True)
     odd_ln.conv_h[1] = nn.LayerNorm([16, 5, 5], eps=1e-3)
     items.append((odd_ln, "eps"))
+
+    class SpatioTemporalLSTMCell(thuml.SpatioTemporalLSTMCell):  # default init, tiny change
+        def forward(self, x_t, h_t, c_t, m_t):
+            self._forget_bias = 1.0 + 1e-3  # read after the structural check
+            try:
+                return super().forward(x_t, h_t, c_t, m_t)
+            finally:
+                self._forget_bias = 1.0
+
+    items.append((SpatioTemporalLSTMCell(3, 4, 0, 3, 1, False), "computes something else"))
+
+    class ConvTTLSTMCell(nvlabs.ConvTTLSTMCell):  # newest state first: differs from step 2
+        def window(self, input_pointer):
+            states = self.hidden_states[input_pointer:] + self.hidden_states[:input_pointer]
+            return torch.cat(states[:self.lags][::-1], dim=1)
+
+    items.append((ConvTTLSTMCell(3, 4, order=2, steps=3, ranks=3, kernel_size=3),
+                  "computes something else"))
+
+    class ConvLSTMCell(nvlabs.ConvLSTMCell):  # dropout only in training (patched in eval)
+        def forward(self, inputs, first_step=False, checkpointing=False):
+            h = super().forward(inputs, first_step, checkpointing)
+            self.hidden_states = nn.functional.dropout(h, 0.3, self.training)
+            return self.hidden_states
+
+    items.append((ConvLSTMCell(3, 4, 3).eval(), "training mode"))
+    extra = ndrplz.ConvLSTMCell(3, 4, (3, 3), True)
+    extra.drop = nn.Dropout(0.1)
+    items.append((extra, "submodules the public cell does not (drop)"))
+    counter = ndrplz.ConvLSTMCell(3, 4, (3, 3), True)
+    counter.register_buffer("steps_seen", torch.zeros(()))
+    items.append((counter, "parameters/buffers of its own (steps_seen)"))
+    hooked = ndrplz.ConvLSTMCell(3, 4, (3, 3), True)
+    hooked.register_forward_hook(lambda *a: None)
+    items.append((hooked, "hooks (forward_hooks)"))
+    conv_hooked = msrnn.MK_LSTM_Cell(4, 4, [1, 5, 5], 3, 1, 1)
+    conv_hooked._conv_out.register_forward_pre_hook(lambda *a: None)
+    items.append((conv_hooked, "_conv_out has hooks (forward_pre_hooks)"))
+    normed = ndrplz.ConvLSTMCell(3, 4, (3, 3), True)
+    with warnings.catch_warnings():  # the deprecated form users' old code still has
+        warnings.simplefilter("ignore", FutureWarning)
+        normed.conv = torch.nn.utils.weight_norm(normed.conv)
+    items.append((normed, "weight reparametrized"))
+    spectral = nvlabs.ConvLSTMCell(3, 4, 3)
+    spectral.conv = torch.nn.utils.spectral_norm(spectral.conv)
+    items.append((spectral, "weight reparametrized"))
     return items
 
 
@@ -312,11 +361,80 @@ def test_convert_and_patch_errors():
         fastcells.patch(nn.Sequential(), backend="fast")
 
 
-def test_verify_false_converts_without_probe():
+def test_verify_false_converts_without_probe(monkeypatch):
+    import fastcells.patching as patching
+
+    def fail(*args):
+        raise AssertionError("the probe ran")
+
+    monkeypatch.setattr(patching, "verify", fail)
     model = nn.Sequential(ndrplz.ConvLSTMCell(3, 4, (3, 3), True))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fastcells.patch(model, verify=False) == ["0"]
+    with pytest.raises(AssertionError, match="the probe ran"):
+        fastcells.patch(nn.Sequential(ndrplz.ConvLSTMCell(3, 4, (3, 3), True)))
+
+
+def test_a_failing_cell_leaves_the_model_unpatched():
+    """A conversion that fails (here the probe on a cell whose state has autograd history
+    and an unrunnable forward) is a skip, and no other cell of the model is replaced
+    half-way: all conversions run before the first replacement."""
+    class ConvLSTMCell(ndrplz.ConvLSTMCell):
+        def forward(self, input_tensor, cur_state):
+            raise RuntimeError("boom")
+
+    model = nn.ModuleList([ndrplz.ConvLSTMCell(3, 4, (3, 3), True),
+                           ConvLSTMCell(3, 4, (3, 3), True)])
+    with pytest.warns(PatchWarning, match="boom"):
+        assert fastcells.patch(model) == ["0"]
+    tt = nvlabs.ConvLSTMNet(nvlabs.ConvTTLSTMCell, 2, 3, 1)
+    tt(torch.randn(1, 2, 2, 5, 5, requires_grad=True))  # its state now has history
+    assert fastcells.patch(tt) == ["layers.b0l0"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_efficient_and_checkpointing_keep_less_for_backward(backend):
+    from fastcells.utils import saved_tensor_bytes
+    original, default, shape = _models("nvlabs_convttlstm")
+    eff = copy.deepcopy(original)
+    fastcells.patch(default, backend=backend)
+    fastcells.patch(eff, backend=backend, memory_efficient=True)
+    assert all(c.memory_efficient for c in eff.layers.values())
+    x = torch.randn(shape)
+    counts = {name: saved_tensor_bytes(lambda m=m, ck=ck: m(x, checkpointing=ck),
+                                       exclude=m.parameters())
+              for name, m, ck in [("default", default, False), ("eff", eff, False),
+                                  ("ckpt", default, True)]}
+    assert counts["eff"] < 0.6 * counts["default"]
+    assert counts["ckpt"] == counts["eff"]
+
+
+def test_float64_nvlabs_drop_in():
+    """NVlabs' own cells make float32 zero states (they fail in float64); the drop-ins take
+    the input's dtype."""
+    original, patched, shape = _models("nvlabs_convttlstm")
+    fastcells.patch(patched.double())
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert_close(patched(x.double()), original(x), 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_patched_model_under_autocast(backend):
+    """Inside torch.autocast the cells run in float32 (as autocast's float32 ops do):
+    the patched model is at least as close to the float32 result as the original under
+    autocast."""
+    original, patched, shape = _models("thuml")
+    fastcells.patch(patched, backend=backend)
+    x = torch.randn(shape)
+    mask = torch.ones(shape[0], shape[1] - 3, *shape[2:])
+    with torch.no_grad():
+        want = original(x, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, eager = patched(x, mask), original(x, mask)
+    assert got.dtype == eager.dtype == torch.bfloat16
+    assert_close(got.float(), want, 2 * max(rel_error(eager.float(), want), 1e-3))
 
 
 def test_patched_model_pickles_and_deepcopies():

@@ -84,6 +84,13 @@ class CellBase(nn.Module):
         """One step without input checks (the sequence layers check once per sequence).
 
         ``memory_efficient`` overrides the module's setting for this call."""
+        if torch.is_autocast_enabled(x.device.type):
+            # Like autocast's float32 ops (layer_norm, softmax, ...): the step runs in the
+            # parameters' dtype with its inputs cast to it, and returns that dtype.
+            dtype = self._any_param().dtype
+            with torch.autocast(x.device.type, enabled=False):
+                return self._run(_cast(x, dtype), _cast(state, dtype), _cast(zx, dtype),
+                                 memory_efficient, **options)
         backend = self._backend_for(x)
         params = self._params()
         if memory_efficient is None:
@@ -112,3 +119,12 @@ class CellBase(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, backend={self.requested_backend!r}"
                 + (", memory_efficient=True" if self.memory_efficient else ""))
+
+
+def _cast(value, dtype):
+    """``value`` (a tensor, or nested tuples/lists of them, or None) in ``dtype``."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value

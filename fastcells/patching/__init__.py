@@ -65,9 +65,10 @@ def convert(module: nn.Module, backend: str = "auto", *, verify_numerics: bool =
 
 def _convert(module, backend, verify_numerics, memory_efficient):
     family = _family(module)
+    cell = family.convert(module, backend, memory_efficient)  # structure first: cheap
     if verify_numerics:
         verify(module, family.convert, family.run)
-    return family.convert(module, backend, memory_efficient)
+    return cell
 
 
 def patch(model: nn.Module, backend: str = "auto", *, verify: bool = True,
@@ -89,10 +90,9 @@ def patch(model: nn.Module, backend: str = "auto", *, verify: bool = True,
     if type(model).__name__ in _CLASS_NAMES and not isinstance(model, CellBase):
         raise ValueError(f"model is itself a {type(model).__name__}; patch() replaces "
                          f"submodules in place, use fastcells.patching.convert(cell) for a cell")
-    replaced, skipped, done = [], [], {}
+    targets, skipped, done = [], [], {}
     for name, module in list(model.named_modules(remove_duplicate=False)):
-        if (type(module).__name__ not in _CLASS_NAMES or isinstance(module, CellBase)
-                or _inside(name, replaced)):
+        if type(module).__name__ not in _CLASS_NAMES or isinstance(module, CellBase):
             continue
         if id(module) not in done:  # a cell registered under several names converts once
             try:
@@ -101,7 +101,12 @@ def patch(model: nn.Module, backend: str = "auto", *, verify: bool = True,
                 done[id(module)] = None
                 skipped.append(f"{name} ({type(module).__name__}): {e}")
         if done[id(module)] is not None:
-            model.set_submodule(name, done[id(module)])
+            targets.append((name, done[id(module)]))
+    # every conversion is done before the first replacement: no half-patched model
+    replaced = []
+    for name, cell in targets:
+        if not _inside(name, replaced):
+            model.set_submodule(name, cell)
             replaced.append(name)
     if skipped:
         warnings.warn("fastcells.patch left these modules unchanged:\n  " + "\n  ".join(skipped),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,12 @@ class DropIn:
     @classmethod
     def adopt(cls, original: nn.Module, modules: dict[str, nn.Module], backend: str,
               memory_efficient: bool = False, **cell_kwargs):
-        """A drop-in for ``original`` running on its ``modules`` (name -> submodule)."""
+        """A drop-in for ``original`` running on its ``modules`` (name -> submodule).
+
+        Raises :class:`Skip` when ``original`` holds anything the drop-in would not carry
+        over: other submodules, parameters or buffers of its own, hooks.
+        """
+        check_whole(original, modules)
         # The fastcells cell is built on the meta device (no memory, no init), then its own
         # submodules are replaced by the adopted ones.
         with torch.device("meta"):
@@ -53,7 +59,7 @@ class DropIn:
         for name in sorted(modules, key=list(original._modules).index):
             setattr(cell, name, modules[name])
         if any(p.is_meta for p in cell.parameters()):
-            raise RuntimeError(f"{cls.__name__}: a parameter was not adopted from the original")
+            raise Skip("its parameters are on the meta device (materialize the model first)")
         for name, value in vars(original).items():
             if (name in _MODULE_INTERNALS or name in _PROTECTED or name.startswith("_fastcells")
                     or hasattr(type(cell), name)):
@@ -95,11 +101,42 @@ def is_drop_in(module: nn.Module) -> bool:
 
 
 # -- structural checks -------------------------------------------------------------------------
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+          "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+          "_load_state_dict_post_hooks")
+
+
+def check_whole(original: nn.Module, adopted: dict[str, nn.Module]) -> None:
+    """The drop-in reproduces ``original`` only if the adopted submodules are all it has."""
+    extra = sorted(set(original._modules) - set(adopted))
+    if extra:
+        raise Skip(f"it has submodules the public cell does not ({', '.join(extra)})")
+    own = sorted({*original._parameters, *original._buffers})
+    if own:
+        raise Skip(f"it holds parameters/buffers of its own ({', '.join(own)})")
+    for name, module in [("", original), *((n, m) for key, a in adopted.items()
+                                           for n, m in a.named_modules(prefix=key))]:
+        hooks = [h.strip("_") for h in _HOOKS if getattr(module, h, None)]
+        if hooks:
+            raise Skip(f"{name or 'the cell'} has hooks ({', '.join(hooks)}) that the fused "
+                       f"step would bypass")
+
+
+def plain_leaf(module: nn.Module, name: str) -> None:
+    """Only ``weight``/``bias`` parameters and no buffers: no weight_norm, spectral_norm,
+    pruning or parametrization reshaping the weight behind the module's back."""
+    names = set(module._parameters) | set(module._buffers)
+    if not names <= {"weight", "bias"} or hasattr(module, "parametrizations"):
+        raise Skip(f"{name} carries {sorted(names)} (weight reparametrized, e.g. weight_norm, "
+                   f"spectral_norm or pruning)")
+
+
 def odd_square_kernel(module: nn.Module, name: str) -> int:
     """Checks ``module`` is a plain stride-1 'same'-padded conv and returns its kernel size."""
     kind = nn.Conv3d if isinstance(module, nn.Conv3d) else nn.Conv2d
     if type(module) is not kind:
         raise Skip(f"{name} is {type(module).__name__}, not a plain nn.Conv2d")
+    plain_leaf(module, name)
     k = module.kernel_size[0]
     if module.kernel_size[:2] != (k, k) or k % 2 == 0:
         raise Skip(f"{name} has kernel {module.kernel_size}: fastcells needs odd square kernels")
@@ -153,27 +190,54 @@ def verify(original: nn.Module, convert, run, tol: float = 1e-9) -> int:
     with the family's forward signature and returns its outputs as a flat list. Raises
     :class:`Skip` when the outputs differ (the module is a lookalike whose forward computes
     something else) or the original fails on the probe; returns how many outputs it gave.
+
+    The probe runs in training and in eval mode (a forward that differs by mode, e.g. a
+    functional dropout, is caught in one of them), on the reference backend: the fused
+    backends are tested against the reference separately.
     """
-    with _DefaultDtype(torch.float64), torch.no_grad():
-        ref = copy.deepcopy(original).to("cpu", torch.float64)
-        gen = torch.Generator().manual_seed(0)
-        for p in ref.parameters():  # random weights and biases so every term matters
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
-        candidate = convert(copy.deepcopy(ref), "reference")
-        try:
-            want = run(ref, torch.Generator().manual_seed(1))
-        except Exception as e:
-            raise Skip(f"its forward failed on a probe input ({type(e).__name__}: {e})") from e
-        got = run(candidate, torch.Generator().manual_seed(1))
-    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
-        raise Skip(f"the drop-in returns {len(got)} outputs of other shapes than the "
-                   f"original's {len(want)}")
-    for i, (g, w) in enumerate(zip(got, want)):
-        err = ((g - w).norm() / w.norm().clamp_min(1e-30)).item()
-        if not err < tol:
-            raise Skip(f"its forward computes something else (output {i} differs by "
-                       f"relative error {err:.1e} on a probe input)")
-    return len(want)
+    try:
+        with _DefaultDtype(torch.float64), torch.no_grad():
+            ref = _detached_copy(original).to("cpu", torch.float64)
+            gen = torch.Generator().manual_seed(0)
+            for p in ref.parameters():  # random weights and biases so every term matters
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+            candidate = convert(copy.deepcopy(ref), "reference")
+            results = []
+            for training in (True, False):
+                ref.train(training)
+                candidate.train(training)
+                try:
+                    want = run(ref, torch.Generator().manual_seed(1))
+                except Exception as e:
+                    raise Skip(f"its forward failed on a probe input "
+                               f"({type(e).__name__}: {e})") from e
+                results.append((training, want, run(candidate, torch.Generator().manual_seed(1))))
+    except Skip:
+        raise
+    except Exception as e:  # a module fastcells cannot copy or run: leave it alone
+        raise Skip(f"the numerical probe failed ({type(e).__name__}: {e})") from e
+    for training, want, got in results:
+        mode = "training" if training else "eval"
+        if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
+            raise Skip(f"the drop-in returns {len(got)} outputs of other shapes than the "
+                       f"original's {len(want)} ({mode} mode)")
+        for i, (g, w) in enumerate(zip(got, want)):
+            err = ((g - w).norm() / w.norm().clamp_min(1e-30)).item()
+            if not err < tol:
+                raise Skip(f"its forward computes something else (output {i} differs by "
+                           f"relative error {err:.1e} on a probe input, {mode} mode)")
+    return len(results[0][1])
+
+
+def _detached_copy(module: nn.Module) -> nn.Module:
+    """deepcopy that takes tensors held as plain attributes (a stateful cell's state,
+    possibly with autograd history) detached, so they never block the copy."""
+    memo = {}
+    for value in vars(module).values():
+        for t in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(t, Tensor) and not isinstance(t, nn.Parameter):
+                memo[id(t)] = t.detach()
+    return copy.deepcopy(module, memo)
 
 
 def randn(gen: torch.Generator, *shape) -> Tensor:

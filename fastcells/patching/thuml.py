@@ -4,8 +4,6 @@ returns ``(h, c, m, delta_c, delta_m)``. Both the current code (bias-free convs 
 ``nn.Sequential``, optional LayerNorm) and the older one (biased convs, LayerNorm always)."""
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -15,8 +13,10 @@ from .dropin import (
     Family,
     Skip,
     _DefaultDtype,
+    _detached_copy,
     expect_channels,
     odd_square_kernel,
+    plain_leaf,
     randn,
     required_attrs,
     same_bias,
@@ -50,6 +50,8 @@ def _parts(module: nn.Module):
         norm = seq[1] if len(seq) == 2 else None
         if norm is not None and type(norm) is not nn.LayerNorm:
             raise Skip(f"{name}[1] is {type(norm).__name__}, not nn.LayerNorm")
+        if norm is not None:
+            plain_leaf(norm, f"{name}[1]")
         parts[name] = (seq[0], norm)
     return parts
 
@@ -110,7 +112,7 @@ def _output_count(module: nn.Module) -> int:
     """3 for PredRNN's cell, 5 for PredRNN-v2's (which adds delta_c, delta_m)."""
     try:
         with _DefaultDtype(torch.float64), torch.no_grad():
-            n = len(run(copy.deepcopy(module).to("cpu", torch.float64), torch.Generator()))
+            n = len(run(_detached_copy(module).to("cpu", torch.float64), torch.Generator()))
     except Exception as e:
         raise Skip(f"its forward failed on a probe input ({type(e).__name__}: {e})") from e
     if n not in (3, 5):
