@@ -17,6 +17,7 @@ the largest presets).
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -61,7 +62,10 @@ def count_flops(model: nn.Module, input_shape, pred_len: int | None = None) -> i
     analysis = FlopCountAnalysis(_Rollout(ref, pred_len), (frames,))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
-    return int(analysis.total())
+    with warnings.catch_warnings():
+        # tracing warns about Python-level shape checks and torch.jit's deprecation
+        warnings.simplefilter("ignore")
+        return int(analysis.total())
 
 
 def profile(model: nn.Module, input_shape, pred_len: int | None = None) -> dict:

@@ -17,7 +17,7 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -28,8 +28,8 @@ from .pyramid import PyramidForecaster
 from .stacked import StackedForecaster
 from .stlight import STLight
 
-_MMNIST = dict(frame_channels=1, frame_size=(64, 64), input_len=10, pred_len=10)
-_TAXIBJ = dict(frame_channels=2, frame_size=(32, 32), input_len=4, pred_len=4)
+_MMNIST = {"frame_channels": 1, "frame_size": (64, 64), "input_len": 10, "pred_len": 10}
+_TAXIBJ = {"frame_channels": 2, "frame_size": (32, 32), "input_len": 4, "pred_len": 4}
 _MS_DATA = {"mmnist": _MMNIST, "taxibj": _TAXIBJ}
 
 
@@ -39,8 +39,8 @@ def _ms_presets(**arch) -> dict:
     return {name: {**data, **base} for name, data in _MS_DATA.items()}
 
 
-_CTT = dict(layers_per_block=(3, 3, 3, 3), hidden_channels=(32, 48, 48, 32), skip_stride=2,
-            kernel_size=5, order=3, steps=3, rank=8)
+_CTT = {"layers_per_block": (3, 3, 3, 3), "hidden_channels": (32, 48, 48, 32), "skip_stride": 2,
+            "kernel_size": 5, "order": 3, "steps": 3, "rank": 8}
 
 
 def _ctt_presets() -> dict:
@@ -57,27 +57,27 @@ class _Entry:
 
 
 _MODELS: dict[str, _Entry] = {
-    "convlstm": _Entry(StackedForecaster, dict(cell="convlstm"),
+    "convlstm": _Entry(StackedForecaster, {"cell": "convlstm"},
                        _ms_presets(kernel_size=3),
                        "stacked ConvLSTM with 1x1 embed/head (MS-LSTM paper baseline)"),
-    "predrnn": _Entry(PredRNN, dict(decouple=False),
+    "predrnn": _Entry(PredRNN, {"decouple": False},
                       _ms_presets(kernel_size=3, embed=True),
                       "PredRNN: ST-LSTM stack with zigzag memory, optional patches"),
-    "predrnn_v2": _Entry(PredRNN, dict(decouple=True),
+    "predrnn_v2": _Entry(PredRNN, {"decouple": True},
                          _ms_presets(kernel_size=3, embed=True),
                          "PredRNN-v2: PredRNN + memory decoupling loss (+ reverse scheduled "
                          "sampling in training)"),
-    "sms_lstm": _Entry(PyramidForecaster, dict(cell="convlstm"),
+    "sms_lstm": _Entry(PyramidForecaster, {"cell": "convlstm"},
                        _ms_presets(kernel_size=3),
                        "ConvLSTM cells in MS-LSTM's mirrored pyramid"),
-    "tms_lstm": _Entry(StackedForecaster, dict(cell="mklstm"),
+    "tms_lstm": _Entry(StackedForecaster, {"cell": "mklstm"},
                        _ms_presets(kernel_sizes=(3, 5)), "stacked MK-LSTM"),
-    "ms_lstm": _Entry(PyramidForecaster, dict(cell="mklstm"),
+    "ms_lstm": _Entry(PyramidForecaster, {"cell": "mklstm"},
                       _ms_presets(kernel_sizes=(3, 5)),
                       "MS-LSTM: MK-LSTM cells in the mirrored pyramid"),
-    "conv_tt_lstm": _Entry(ConvTTNet, dict(cell="convttlstm"), _ctt_presets(),
+    "conv_tt_lstm": _Entry(ConvTTNet, {"cell": "convttlstm"}, _ctt_presets(),
                            "Conv-TT-LSTM network: 4 blocks with skip concatenation"),
-    "conv_tt_lstm_baseline": _Entry(ConvTTNet, dict(cell="convlstm"), _ctt_presets(),
+    "conv_tt_lstm_baseline": _Entry(ConvTTNet, {"cell": "convlstm"}, _ctt_presets(),
                                     "the Conv-TT-LSTM network with ConvLSTM cells"),
     "e_convlstm": _Entry(EnhancedConvLSTM, {}, _ms_presets(kernel_size=3),
                          "Enhanced ConvLSTM: temporal attention + dropout (seed 000)"),

@@ -71,8 +71,6 @@ class Forecaster(nn.Module):
         backend: passed to every cell (``"auto"``, ``"reference"``, ``"cpp"``).
     """
 
-    loss_weights: dict = {}
-
     def __init__(self, frame_channels: int, frame_size=None, input_len: int = 10,
                  pred_len: int = 10, backend: str = "auto"):
         super().__init__()
@@ -84,6 +82,8 @@ class Forecaster(nn.Module):
         self.frame_size = _as_size(frame_size)
         self.input_len, self.pred_len = input_len, pred_len
         self.requested_backend = backends.validate_backend(backend)
+        # weights of the auxiliary losses in training_loss, by name (subclasses set them)
+        self.loss_weights: dict[str, float] = {}
 
     @property
     def backend(self) -> str:
