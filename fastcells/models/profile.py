@@ -52,7 +52,13 @@ def count_params(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, input_shape, pred_len: int | None = None) -> int:
     """fvcore FLOPs (multiply-adds) of ``model(torch.zeros(input_shape), pred_len)``."""
-    from fvcore.nn import FlopCountAnalysis
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore scripts functions at import (deprecated)
+            from fvcore.nn import FlopCountAnalysis
+    except ImportError as e:  # an optional dependency: only FLOP counting needs it
+        raise ImportError("count_flops/profile need fvcore: pip install fvcore "
+                          "(or pip install fastcells[models])") from e
 
     input_shape = _check_shape(input_shape)
     pred_len = getattr(model, "pred_len", 1) if pred_len is None else pred_len
@@ -62,7 +68,7 @@ def count_flops(model: nn.Module, input_shape, pred_len: int | None = None) -> i
     analysis = FlopCountAnalysis(_Rollout(ref, pred_len), (frames,))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         # tracing warns about Python-level shape checks and torch.jit's deprecation
         warnings.simplefilter("ignore")
         return int(analysis.total())
