@@ -1,6 +1,9 @@
 """Tiny configurations of every zoo model, shared by the tests/test_models_*.py files."""
 from __future__ import annotations
 
+import pytest
+import torch
+
 import fastcells.models as M
 
 from .helpers import randomize
@@ -37,3 +40,14 @@ def tiny(key: str, backend: str = "reference", randomized: bool = True, **extra)
     if randomized:
         randomize(model)
     return model, size
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread. The zoo tests run tiny tensors (threading only adds overhead) or
+    count FLOPs (thread-independent); on a machine whose cores are shared, a second OpenMP
+    thread that must wait for its core slows every op many times over."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

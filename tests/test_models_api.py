@@ -8,7 +8,9 @@ import fastcells.models as M
 from fastcells.models.sampling import full_mask
 
 from .helpers import randomize
-from .models_helpers import CHANNELS, TINY, tiny
+from .models_helpers import CHANNELS, TINY, one_thread, tiny  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ALL = ["convlstm", "predrnn", "predrnn_v2", "sms_lstm", "tms_lstm", "ms_lstm", "conv_tt_lstm",
        "conv_tt_lstm_baseline", "e_convlstm", "stlight"]
@@ -80,7 +82,7 @@ def test_rollout_steps_and_masks(key):
     frames = torch.randn(2, t_in + n, CHANNELS, h, w)
     calls = []
     step = model.step
-    model.step = lambda x, s: calls.append(x) or step(x, s)
+    model.step = lambda x, s, aux: calls.append(x) or step(x, s, aux)
     with torch.no_grad():
         forecast = model(frames[:, :t_in], pred_len=n)
         assert len(calls) == t_in + n - 1
@@ -152,6 +154,19 @@ def test_predrnn_zigzag_memory():
     (m_in0, m_out0), (m_in1, m_out1), (m_in2, _), _ = seen
     assert not m_in0.any()
     assert m_in1 is m_out0 and m_in2 is m_out1
+
+
+def test_predrnn_v2_predicts_like_predrnn():
+    """The decoupling loss only adds a training term (and the adapter); the network is
+    PredRNN's."""
+    v2, (h, w) = tiny("predrnn_v2")
+    v1 = M.create("predrnn", frame_channels=CHANNELS, backend="reference", **TINY["predrnn_v2"][1])
+    v1.load_state_dict({k: v for k, v in v2.state_dict().items() if not k.startswith("adapter")})
+    frames = torch.randn(1, 4, CHANNELS, h, w)
+    with torch.no_grad():
+        torch.testing.assert_close(v2(frames, pred_len=2), v1(frames, pred_len=2))
+        torch.testing.assert_close(v2.forward_train(frames).predictions,
+                                   v1.forward_train(frames).predictions)
 
 
 def test_e_convlstm_dropout_only_in_training():

@@ -6,7 +6,9 @@ import torch
 
 from .conftest import requires_cpp
 from .helpers import assert_close
-from .models_helpers import CHANNELS, TINY, tiny
+from .models_helpers import CHANNELS, TINY, one_thread, tiny  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 OUT_RTOL, GRAD_RTOL = 1e-5, 1e-4
 

@@ -11,15 +11,9 @@ import torch
 
 import fastcells.models as M
 
+from .models_helpers import one_thread  # noqa: F401 (fixture)
 
-@pytest.fixture
-def one_thread():
-    # The counts do not depend on threads; one thread avoids oversubscription when the
-    # test machine's cores are shared (fvcore runs the model once while tracing).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # (model, preset, printed value, decimals the paper prints)
@@ -59,7 +53,7 @@ FLOPS = [
 
 
 @pytest.mark.parametrize("name,preset,paper_gflops", FLOPS)
-def test_preset_flops_match_ms_lstm_tables(name, preset, paper_gflops, one_thread):
+def test_preset_flops_match_ms_lstm_tables(name, preset, paper_gflops):
     model = M.create(name, preset=preset)  # "auto": the fused backend when built
     shape = (1, model.input_len, model.frame_channels, *model.frame_size)
     with torch.no_grad():
@@ -69,7 +63,7 @@ def test_preset_flops_match_ms_lstm_tables(name, preset, paper_gflops, one_threa
 
 @pytest.mark.parametrize("name,paper_gflops", [("conv_tt_lstm", 10.76),
                                                ("conv_tt_lstm_baseline", 15.88)])
-def test_conv_tt_flops_per_step(name, paper_gflops, one_thread):
+def test_conv_tt_flops_per_step(name, paper_gflops):
     # Seed 004 Table 4: "# of FLOPs denotes the multiplications for one-step prediction
     # per sample" (Moving MNIST, 64x64): one recurrent step = one given frame, pred_len 1.
     # fvcore's count of every convolution multiply is 2.2% (Conv-TT-LSTM) and 2.4%
@@ -80,7 +74,7 @@ def test_conv_tt_flops_per_step(name, paper_gflops, one_thread):
     assert abs(flops / 1e9 - paper_gflops) / paper_gflops < 0.03, flops / 1e9
 
 
-def test_profile_reports_params_flops_and_memory(one_thread):
+def test_profile_reports_params_flops_and_memory():
     model = M.create("sms_lstm", preset="taxibj", hidden_size=8)
     report = M.profile(model, (1, 4, 2, 32, 32))
     assert report["params"] == M.count_params(model)
@@ -93,7 +87,7 @@ def test_profile_reports_params_flops_and_memory(one_thread):
     assert all(cell.requested_backend == "auto" for cell in model.cells)
 
 
-def test_flops_are_counted_for_the_requested_prediction_length(one_thread):
+def test_flops_are_counted_for_the_requested_prediction_length():
     model = M.create("convlstm", preset="taxibj", hidden_size=4, backend="reference")
     shape = (1, 4, 2, 32, 32)
     per_step = M.count_flops(model, shape, pred_len=1) / 4

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 import fastcells.models as M
 from fastcells.models import sampling
 
-from .models_helpers import CHANNELS, tiny
+from .models_helpers import CHANNELS, one_thread, tiny  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _thuml_eta_after(itr, stop=50000, start=1.0, rate=0.00002):
@@ -80,7 +82,7 @@ def test_reverse_sampling_mask_drives_input_steps():
     zeros = torch.zeros(1, 4)
     calls = []
     step = model.step
-    model.step = lambda x, s: calls.append(x) or step(x, s)
+    model.step = lambda x, s, aux: calls.append(x) or step(x, s, aux)
     with torch.no_grad():
         out = model.forward_train(frames, zeros)
     for t in range(1, 5):

@@ -72,7 +72,7 @@ class ConvTTNet(RecurrentForecaster):
     def _skips(self, b: int) -> bool:
         return self.skip_stride is not None and b >= self.skip_stride
 
-    def step(self, frame: Tensor, state):
+    def step(self, frame: Tensor, state, need_aux: bool = False):
         states = [[None] * len(block) for block in self.blocks] if state is None else state
         x, block_outputs, new = frame, [], []
         for b, (block, block_states) in enumerate(zip(self.blocks, states)):

@@ -76,7 +76,7 @@ class EnhancedConvLSTM(RecurrentForecaster):
         self.attend_out = nn.Conv2d(hidden_size, hidden_size, 1)
         self.loss_weights = {"temporal_consistency": float(consistency_weight)}
 
-    def step(self, frame: Tensor, state):
+    def step(self, frame: Tensor, state, need_aux: bool = False):
         states, memory = ([None] * len(self.cells), ()) if state is None else state
         x = self.embed(frame)
         new = []

@@ -122,14 +122,14 @@ class PredRNN(RecurrentForecaster):
         z = x.new_zeros(b, self.cells[0].hidden_size, h, w)
         return [(z, z)] * len(self.cells), z
 
-    def step(self, frame: Tensor, state):
+    def step(self, frame: Tensor, state, need_aux: bool = False):
         x = reshape_patch(frame, self.patch_size)
         if self.embed is not None:
             x = self.embed(x)
         layers, m = self.init_state(x) if state is None else state
         new, terms = [], []
         for cell, (h, c) in zip(self.cells, layers):
-            if self.decouple:
+            if self.decouple and need_aux:
                 (h, c, m), (dc, dm) = cell(x, (h, c, m), return_deltas=True)
                 terms.append(decoupling_term(dc, dm, self.adapter.weight))
             else:

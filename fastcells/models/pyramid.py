@@ -51,7 +51,7 @@ class PyramidForecaster(RecurrentForecaster):
             raise ValueError(f"frames: H and W must be >= {need} for {len(self.cells) // 2 - 1} "
                              f"2x2 max pools, got {height}x{width}")
 
-    def step(self, frame: Tensor, state):
+    def step(self, frame: Tensor, state, need_aux: bool = False):
         n = len(self.cells)
         half = n // 2
         states = [None] * n if state is None else state

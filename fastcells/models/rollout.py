@@ -129,13 +129,14 @@ class Forecaster(nn.Module):
 class RecurrentForecaster(Forecaster):
     """Base of the recurrent models: subclasses define one step, this class runs the rollout.
 
-    ``step(frame, state) -> (prediction, state, aux)``: ``frame`` (B, C, H, W) is this
-    step's input, ``state`` None at the first step, ``prediction`` (B, C, H, W) the next
-    frame, ``aux`` None or a dict of per-step auxiliary loss terms, which
-    ``reduce_aux(list_of_aux)`` turns into ``TrainOutput.losses``.
+    ``step(frame, state, need_aux) -> (prediction, state, aux)``: ``frame`` (B, C, H, W) is
+    this step's input, ``state`` None at the first step, ``prediction`` (B, C, H, W) the
+    next frame, ``aux`` a dict of per-step auxiliary loss terms when ``need_aux`` (training;
+    inference skips computing them) and the model has any, else None;
+    ``reduce_aux(list_of_aux)`` turns them into ``TrainOutput.losses``.
     """
 
-    def step(self, frame: Tensor, state):
+    def step(self, frame: Tensor, state, need_aux: bool = False):
         raise NotImplementedError
 
     def reduce_aux(self, aux: list) -> dict:
@@ -151,7 +152,7 @@ class RecurrentForecaster(Forecaster):
         def pick(t, previous):
             return given[t] if t < t_in else previous
 
-        predictions, _ = self._rollout(given[0], t_in + n - 1, pick)
+        predictions, _ = self._rollout(given[0], t_in + n - 1, pick, need_aux=False)
         return predictions[:, t_in - 1:]
 
     def forward_train(self, frames: Tensor, mask: Tensor | None = None) -> TrainOutput:
@@ -168,17 +169,17 @@ class RecurrentForecaster(Forecaster):
                 m = steps[t - 1]
                 return m * given[t] + (1 - m) * previous
 
-        predictions, aux = self._rollout(given[0], len(given) - 1, pick)
+        predictions, aux = self._rollout(given[0], len(given) - 1, pick, need_aux=True)
         return TrainOutput(predictions, frames[:, 1:], self.reduce_aux(aux))
 
-    def _rollout(self, first: Tensor, num_steps: int, pick):
+    def _rollout(self, first: Tensor, num_steps: int, pick, need_aux: bool):
         """The loop: step 0 reads ``first``, step t >= 1 reads ``pick(t, prediction)``."""
         state, outputs, aux = None, [], []
         x = first
         for t in range(num_steps):
             if t > 0:
                 x = pick(t, outputs[-1])
-            prediction, state, a = self.step(x, state)
+            prediction, state, a = self.step(x, state, need_aux)
             outputs.append(prediction)
             aux.append(a)
         return torch.stack(outputs, dim=1), aux

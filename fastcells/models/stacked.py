@@ -45,7 +45,7 @@ class StackedForecaster(RecurrentForecaster):
         self.embed, self.head = embed_head(frame_channels, hidden_size)
         self.cells = nn.ModuleList(make(hidden_size, hidden_size) for _ in range(num_layers))
 
-    def step(self, frame: Tensor, state):
+    def step(self, frame: Tensor, state, need_aux: bool = False):
         states = [None] * len(self.cells) if state is None else state
         x = self.embed(frame)
         new = []
