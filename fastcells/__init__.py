@@ -6,17 +6,18 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 :class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
 :func:`patch` swaps them into models built on the public implementations
-(:mod:`fastcells.patching`).
+(:mod:`fastcells.patching`); :mod:`fastcells.models` is the model zoo built on them.
 """
 from .backends import available_backends
 from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
+from . import models
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
-    "patch", "unpatch",
+    "patch", "unpatch", "models",
 ]
