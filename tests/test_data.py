@@ -1,5 +1,6 @@
 """fastcells.data: the Moving-MNIST generator and every loader, on small files written here."""
 import gzip
+import pickle
 import struct
 
 import h5py
@@ -144,6 +145,8 @@ def test_generic_npy_layouts(tmp_path):
     p4 = tmp_path / "gray.npy"
     np.save(p4, arr[:, :, 0])                                        # N T H W
     assert torch.equal(NpySequences(p4)[3][:, 0], torch.from_numpy(arr[3, :, 0]))
+    clone = pickle.loads(pickle.dumps(ds))          # what spawned DataLoader workers get
+    assert clone._arr is None and torch.equal(clone[2], ds[2])
     last = tmp_path / "last.npy"
     np.save(last, arr.transpose(0, 1, 3, 4, 2))                      # N T H W C
     assert torch.equal(NpySequences(last, layout="NTHWC")[1], torch.from_numpy(arr[1]))

@@ -63,13 +63,20 @@ class NpySequences(Dataset):
         if 0 in arr.shape:
             raise ValueError(f"NpySequences: {self.path!r} is empty (shape {arr.shape})")
         self.layout = layout
-        self._arr = arr
+        self._arr = arr      # a memory map; reopened per process (see __getstate__)
         sizes = dict(zip(layout, arr.shape))
         self.num_sequences = sizes["N"]
         self.frames_available = sizes["T"]
         self.frame_shape = (sizes.get("C", 1), sizes["H"], sizes["W"])
         self.seq_len = check_seq_len(seq_len, sizes["T"], f"NpySequences({self.path!r})")
         self.scale = unit_scale(arr.dtype, scale, f"NpySequences({self.path!r})")
+
+    def __getstate__(self):
+        # pickling a memory map copies the whole array (DataLoader workers under spawn):
+        # send the path instead and map the file again on first use
+        state = self.__dict__.copy()
+        state["_arr"] = None
+        return state
 
     def __len__(self) -> int:
         return self.num_sequences
@@ -78,6 +85,8 @@ class NpySequences(Dataset):
         index = int(index)
         if not -self.num_sequences <= index < self.num_sequences:
             raise IndexError(f"index {index} out of range for {self.num_sequences} sequences")
+        if self._arr is None:
+            self._arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
         n_axis = self.layout.index("N")
         seq = np.take(self._arr, index, axis=n_axis)            # layout without N
         rest = self.layout.replace("N", "")
