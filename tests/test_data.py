@@ -79,6 +79,8 @@ def test_moving_mnist_with_supplied_digits_combines_by_max():
         MovingMNIST(2, digits=np.zeros((3, 20, 20), np.uint8))
     with pytest.raises(ValueError, match="image_size"):
         MovingMNIST(2, image_size=28)
+    with pytest.raises(ValueError, match="seed: expected an int >= 0"):
+        MovingMNIST(2, seed=-1)
 
 
 def test_procedural_glyphs_vary():
@@ -231,6 +233,7 @@ def test_sequence_folder_of_pngs(tmp_path):
         for t in range(4):
             _png(tmp_path / f"seq{s}" / f"{t:03d}.png", gray[s, t])
     (tmp_path / "README.txt").write_text("ignored")
+    (tmp_path / ".ipynb_checkpoints").mkdir()                          # hidden: ignored
     ds = build_dataset(f"folder:{tmp_path}", seq_len=None)
     assert len(ds) == 2
     assert torch.allclose(ds[1], torch.from_numpy(gray[1][:, None]).float() / 255)

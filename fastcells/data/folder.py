@@ -74,10 +74,12 @@ class SequenceFolder(Dataset):
         self.sequences = []          # (kind, path or list of frame paths, length)
         frame_shape = None
         for name in sorted(os.listdir(root)):
+            if name.startswith("."):
+                continue     # .ipynb_checkpoints, .DS_Store and the like
             full = os.path.join(root, name)
             if os.path.isdir(full):
-                frames = sorted(f for f in os.listdir(full)
-                                if f.lower().endswith(IMAGE_EXTENSIONS))
+                frames = sorted(f for f in os.listdir(full) if not f.startswith(".")
+                                and f.lower().endswith(IMAGE_EXTENSIONS))
                 if not frames:
                     raise ValueError(f"SequenceFolder: sub-folder {full!r} holds no frame "
                                      f"images ({', '.join(IMAGE_EXTENSIONS)})")

@@ -81,6 +81,8 @@ class MovingMNIST(Dataset):
         if image_size <= digit_size:
             raise ValueError(f"image_size ({image_size}) must exceed digit_size ({digit_size}) "
                              f"for the digits to move")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
         if not step_length > 0:
             raise ValueError(f"step_length: expected a positive float, got {step_length!r}")
         if digits is not None:
