@@ -9,7 +9,8 @@ TORCH_VERSION ?= 2.13.0
 # torch first (the local CPU wheel), then the extension against it without build isolation
 # (isolation would pull a fresh multi-GB torch into the build environment).
 setup:
-	$(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)" numpy pybind11 ninja pytest pytest-benchmark expecttest fvcore
+	$(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)" numpy pybind11 ninja pytest pytest-benchmark expecttest fvcore \
+		tqdm matplotlib pillow scikit-image h5py
 	$(PYTHON) -m pip install -q --no-build-isolation -e .
 
 demo: setup

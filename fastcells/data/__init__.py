@@ -1,0 +1,31 @@
+"""Datasets for training and evaluation: each item is one sequence, a float32 tensor
+(T, C, H, W), values in [0, 1] (TaxiBJ: min-max scaled flows, see :mod:`.taxibj`).
+
+* :class:`MovingMNIST`: the synthetic default, generated on the fly (no download), from
+  procedural glyphs or real MNIST digits (:func:`load_mnist_idx`).
+* :class:`NpySequences`: ``mnist_test_seq.npy`` and generic ``.npy`` arrays.
+* :class:`PredRNNClips`: predrnn-pytorch ``.npz`` clip archives.
+* :class:`SequenceFolder`: folders of frame images or ``.npy`` sequences.
+* :class:`TaxiBJ`: TaxiBJ ``.h5`` (h5py) / ``.npz`` flows.
+* :func:`build_dataset` (spec strings, see ``SPECS``) and :func:`split`.
+"""
+from .arrays import NpySequences, PredRNNClips
+from .factory import SPECS, build_dataset, split
+from .folder import SequenceFolder
+from .glyphs import render_digit, render_digits
+from .moving_mnist import MovingMNIST, load_mnist_idx
+from .taxibj import TaxiBJ
+
+__all__ = [
+    "SPECS",
+    "MovingMNIST",
+    "NpySequences",
+    "PredRNNClips",
+    "SequenceFolder",
+    "TaxiBJ",
+    "build_dataset",
+    "load_mnist_idx",
+    "render_digit",
+    "render_digits",
+    "split",
+]
