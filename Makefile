@@ -1,5 +1,5 @@
 # Two commands set up a fresh machine and run everything:
-#   make demo   installs, builds the C++ extension, runs the CPU benchmark demo
+#   make demo   installs, builds the C++ extension, trains MS-LSTM on synthetic data (fused vs reference)
 #   make test   installs, builds, runs the test suite
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
@@ -14,7 +14,7 @@ setup:
 	$(PYTHON) -m pip install -q --no-build-isolation -e .
 
 demo: setup
-	$(PYTHON) -m fastcells.bench --quick
+	$(PYTHON) -m fastcells demo
 
 test: setup
 	$(PYTHON) -m pytest tests -q

@@ -269,6 +269,8 @@ class Trainer:
         cfg = self.cfg
         end = min(cfg.steps, stop_at or cfg.steps)
         last_val = None
+        if self.step == 0:  # the starting point of the validation curve
+            last_val = self.evaluate()
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step",
                    desc=f"train {cfg.model}")
         while self.step < end:
