@@ -95,8 +95,7 @@ def cmd_train(args) -> int:
     if args.resume:
         saved = os.path.join(cfg.out_dir, "config.json")
         if not args.config and os.path.exists(saved):  # resume the saved run's settings
-            with open(saved) as f:
-                cfg = _config_from(argparse.Namespace(**{**vars(args), "config": saved}))
+            cfg = _config_from(argparse.Namespace(**{**vars(args), "config": saved}))
     trainer = Trainer(cfg, resume=args.resume or False, overwrite=args.overwrite)
     result = trainer.fit()
     if result is not None:
@@ -137,7 +136,7 @@ def cmd_eval(args) -> int:
     from .train import evaluate_model
     from .train.plots import per_frame_metrics
 
-    model, cfg, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
+    model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
     result = evaluate_model(model, dataset, input_len, pred_len, args.batch_size,
                             torch.device(args.device), args.batches, progress=True)
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
@@ -156,7 +155,7 @@ def cmd_predict(args) -> int:
 
     from .train import write_predictions
 
-    model, cfg, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
+    model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                    "predictions")
     os.makedirs(out, exist_ok=True)

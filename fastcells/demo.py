@@ -22,6 +22,11 @@ def demo_config(out_dir: str, steps: int, seed: int) -> TrainConfig:
     return TrainConfig(model="ms_lstm", preset="mmnist", model_args={"hidden_size": 16},
                        input_len=5, pred_len=5, data="synthetic", num_sequences=1200,
                        batch_size=8, steps=steps, lr=2e-3, schedule="cosine",
+                       # PredRNN's scheduled sampling, compressed: true frames at the output
+                       # steps with a probability falling from 1 to 0 over half the run, so
+                       # training ends as evaluation runs (on the model's own predictions)
+                       sampling="scheduled", sampling_stop_iter=max(1, steps // 2),
+                       sampling_changing_rate=1 / max(1, steps // 2),
                        warmup_steps=min(10, steps), min_lr_ratio=0.1, clip_grad=1.0,
                        eval_every=max(1, steps // 3), eval_batches=6,
                        checkpoint_every=steps, out_dir=out_dir, seed=seed)
@@ -64,16 +69,16 @@ def run_demo(out_dir: str = "runs/demo", steps: int = 150, seed: int = 0) -> dic
     info = machine_info()
     report = "\n".join([
         "# fastcells demo", "",
-        f"{cfg.model} {cfg.model_args} on synthetic Moving MNIST (64x64, "
-        f"{trainer.input_len} -> {trainer.pred_len} frames), {steps} steps of batch "
-        f"{cfg.batch_size}; {info['processor']}, {info['threads']} threads, torch "
-        f"{info['torch']}, {info['date']}.", "",
-        f"Validation MSE per frame: {before['mse_per_frame']:.2f} before training, "
-        f"{after['mse_per_frame']:.2f} after "
-        f"({100 * (1 - after['mse_per_frame'] / before['mse_per_frame']):.0f}% lower).", "",
+        (f"{cfg.model} {cfg.model_args} on synthetic Moving MNIST (64x64, "
+         f"{trainer.input_len} -> {trainer.pred_len} frames), {steps} steps of batch "
+         f"{cfg.batch_size}; {info['processor']}, {info['threads']} threads, torch "
+         f"{info['torch']}, {info['date']}."), "",
+        (f"Validation MSE per frame: {before['mse_per_frame']:.2f} before training, "
+         f"{after['mse_per_frame']:.2f} after "
+         f"({100 * (1 - after['mse_per_frame'] / before['mse_per_frame']):.0f}% lower)."), "",
         *table, "",
-        "Files: loss_curves.png, per_frame_metrics.png, predictions.png/.gif, "
-        "train.jsonl/csv, val.jsonl/csv, last.pt, best.pt.", ""])
+        ("Files: loss_curves.png, per_frame_metrics.png, predictions.png/.gif, "
+         "train.jsonl/csv, val.jsonl/csv, last.pt, best.pt."), ""])
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(report)
     print(report)

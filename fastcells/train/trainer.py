@@ -23,8 +23,12 @@ from torch import nn
 from .. import models
 from ..cells.base import CellBase
 from ..models.e_convlstm import temporal_consistency_loss
-from ..models.sampling import (reverse_sampling_etas, reverse_scheduled_sampling_mask,
-                               scheduled_sampling_eta, scheduled_sampling_mask)
+from ..models.sampling import (
+    reverse_sampling_etas,
+    reverse_scheduled_sampling_mask,
+    scheduled_sampling_eta,
+    scheduled_sampling_mask,
+)
 from . import checkpoint as ckpt_io
 from . import plots
 from .config import TrainConfig
@@ -89,7 +93,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool | str = False, progress: bool = True,
                  overwrite: bool = False):
-        from .. import data as fc_data  # heavy optional imports stay out of module import
+        from .. import (
+            data as fc_data,  # heavy optional imports stay out of module import
+        )
 
         self.cfg = cfg
         self.rank, self.world = _distributed()
