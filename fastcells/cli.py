@@ -136,9 +136,14 @@ def cmd_eval(args) -> int:
     from .train import evaluate_model
     from .train.plots import per_frame_metrics
 
+    from .metrics import LPIPS
+
     model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
+    lpips = (LPIPS(args.lpips_weights, net=args.lpips_net).to(args.device)
+             if args.lpips_weights else None)
     result = evaluate_model(model, dataset, input_len, pred_len, args.batch_size,
-                            torch.device(args.device), args.batches, progress=True)
+                            torch.device(args.device), args.batches, progress=True,
+                            thresholds=args.thresholds, lpips=lpips)
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "eval.json"), "w") as f:
@@ -228,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             p.add_argument("--batch-size", type=int, default=8)
             p.add_argument("--batches", type=int, default=None, help="cap the batches")
+            p.add_argument("--thresholds", type=lambda t: [float(v) for v in t.split(",")],
+                           default=(), help="CSI/HSS/POD/FAR thresholds, e.g. 0.3,0.5")
+            p.add_argument("--lpips-weights", help="LPIPS weights file (never downloaded)")
+            p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
         else:
             p.add_argument("--num", type=int, default=4, help="sequences to draw")
         p.set_defaults(func=func)
@@ -242,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train ms_lstm on synthetic data, compare backends")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -251,7 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .train import TrainingDiverged
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own options, passed through untouched
+        argv = ["bench", "--", *argv[1:]] if len(argv) > 1 and argv[1] != "--" else argv
     args = build_parser().parse_args(argv)
+    if args.command == "bench" and args.rest[:1] == ["--"]:
+        args.rest = args.rest[1:]
     try:
         return args.func(args)
     except TrainingDiverged as e:

@@ -1,7 +1,7 @@
 """The README's first command: train MS-LSTM on built-in synthetic Moving MNIST for a few
 minutes on a CPU, evaluate it, plot, and compare the fused and reference backends.
 
-    python -m fastcells demo [--steps 150] [--out runs/demo]
+    python -m fastcells demo [--steps 120] [--out runs/demo]
 
 The model is the ``ms_lstm`` mmnist preset (6 MK-LSTM layers in the mirrored pyramid,
 64x64 frames) made small enough for a laptop CPU: 16 hidden channels, 5 -> 5 frames.
@@ -21,7 +21,7 @@ from .train import TrainConfig, Trainer, evaluate_model
 def demo_config(out_dir: str, steps: int, seed: int) -> TrainConfig:
     return TrainConfig(model="ms_lstm", preset="mmnist", model_args={"hidden_size": 16},
                        input_len=5, pred_len=5, data="synthetic", num_sequences=1200,
-                       batch_size=8, steps=steps, lr=2e-3, schedule="cosine",
+                       batch_size=4, steps=steps, lr=3e-3, schedule="cosine",
                        # PredRNN's scheduled sampling, compressed: true frames at the output
                        # steps with a probability falling from 1 to 0 over half the run, so
                        # training ends as evaluation runs (on the model's own predictions)
@@ -32,7 +32,7 @@ def demo_config(out_dir: str, steps: int, seed: int) -> TrainConfig:
                        checkpoint_every=steps, out_dir=out_dir, seed=seed)
 
 
-def run_demo(out_dir: str = "runs/demo", steps: int = 150, seed: int = 0) -> dict:
+def run_demo(out_dir: str = "runs/demo", steps: int = 120, seed: int = 0) -> dict:
     cfg = demo_config(out_dir, steps, seed)
     trainer = Trainer(cfg, overwrite=True)
     print(f"demo: training {cfg.model} ({cfg.model_args}) on synthetic Moving MNIST, "

@@ -17,6 +17,7 @@ from fastcells.train import TrainConfig, Trainer, TrainingDiverged
 from fastcells.train import checkpoint as ckpt_io
 from fastcells.train.schedules import lr_factor
 
+from .conftest import requires_cpp
 from .models_helpers import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -201,9 +202,10 @@ def test_cli_end_to_end(tmp_path, capsys):
                  "predictions.gif"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     ckpt = os.path.join(out, "last.pt")
-    assert cli(["eval", "--checkpoint", ckpt, "--batch-size", "2"]) == 0
+    assert cli(["eval", "--checkpoint", ckpt, "--batch-size", "2", "--thresholds", "0.3,0.6"]) == 0
     result = json.load(open(os.path.join(out, "eval.json")))
     assert len(result["ssim_curve"]) == 2 and 0 < result["ssim"] <= 1
+    assert "csi@0.3" in result and "hss@0.6" in result
     assert cli(["predict", "--checkpoint", ckpt, "--num", "2", "--out", str(tmp_path / "p")]) == 0
     assert sorted(os.listdir(tmp_path / "p")) == [
         "sequence_000.gif", "sequence_000.png", "sequence_001.gif", "sequence_001.png"]
@@ -218,3 +220,26 @@ def test_console_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "fastcells", "info"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "backends available" in done.stdout
+
+
+def test_early_stopping_counts_evaluations_without_improvement(tmp_path, monkeypatch):
+    trainer = Trainer(tiny(tmp_path, steps=10, eval_every=1, early_stopping=2), progress=False)
+    scores = iter([200.0, 100.0, 90.0, 95.0, 91.0, 80.0])
+
+    def fake_eval(max_batches=None):
+        return {"step": trainer.step, "mse_per_frame": next(scores)}
+
+    monkeypatch.setattr(trainer, "evaluate", fake_eval)
+    monkeypatch.setattr(trainer, "plot", lambda val=None: None)
+    trainer.fit()
+    assert trainer.step == 4  # 90 at step 2 is the best; 95 and 91 are two misses
+    assert trainer.best_val == 90.0
+    assert ckpt_io.load(os.path.join(trainer.cfg.out_dir, "best.pt"))["step"] == 2
+
+
+@requires_cpp
+def test_cli_bench_runs(tmp_path):
+    path = str(tmp_path / "bench.json")
+    assert cli(["bench", "--size", "1", "4", "8", "8", "--repeats", "1", "--cells", "convlstm",
+                "--json", path]) == 0
+    assert "convlstm" in json.load(open(path))["rows"][0]["cell"]

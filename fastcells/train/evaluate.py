@@ -10,9 +10,10 @@ from ..metrics import MetricTracker
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, input_len: int, pred_len: int, batch_size: int,
                    device, max_batches: int | None = None, progress: bool = False,
-                   thresholds=()) -> dict:
+                   thresholds=(), lpips=None) -> dict:
     """Every metric of :class:`fastcells.metrics.MetricTracker` (MSE/MAE per frame and per
-    pixel, PSNR, SSIM; CSI/HSS/POD/FAR at ``thresholds``) over the dataset (``<name>``) and
+    pixel, PSNR, SSIM; CSI/HSS/POD/FAR at ``thresholds``; LPIPS when an
+    :class:`fastcells.metrics.LPIPS` module is given) over the dataset (``<name>``) and
     per predicted frame (``<name>_curve``), for ``model`` reading ``input_len`` frames and
     predicting ``pred_len``; predictions are clipped to the data range [0, 1] first, as
     thuml's test loop does. Sequences are taken in order, ``batch_size`` at a time
@@ -23,7 +24,7 @@ def evaluate_model(model: nn.Module, dataset, input_len: int, pred_len: int, bat
     model.eval()
     n = len(dataset)
     starts = list(range(0, n, batch_size))[:max_batches]
-    tracker = MetricTracker(thresholds=thresholds)
+    tracker = MetricTracker(thresholds=thresholds, lpips=lpips)
     for start in tqdm(starts, disable=not progress, desc="eval", leave=False):
         frames = torch.stack([dataset[i] for i in range(start, min(start + batch_size, n))])
         frames = frames.to(device)
