@@ -133,10 +133,9 @@ def _load_run(checkpoint: str, data: str | None, device: str):
 def cmd_eval(args) -> int:
     import torch
 
+    from .metrics import LPIPS
     from .train import evaluate_model
     from .train.plots import per_frame_metrics
-
-    from .metrics import LPIPS
 
     model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
     lpips = (LPIPS(args.lpips_weights, net=args.lpips_net).to(args.device)
