@@ -112,7 +112,7 @@ def _load_run(checkpoint: str, data: str | None, device: str):
     from . import models
     from .train import TrainConfig
     from .train.checkpoint import load
-    from .train.trainer import check_sequences
+    from .train.trainer import run_dataset
 
     saved = load(checkpoint)
     cfg = TrainConfig.from_dict(saved["config"])
@@ -121,10 +121,7 @@ def _load_run(checkpoint: str, data: str | None, device: str):
     model.to(torch.device(device)).eval()
     input_len = cfg.input_len or model.input_len
     pred_len = cfg.pred_len or model.pred_len
-    dataset = fc_data.build_dataset(data or cfg.data, seq_len=input_len + pred_len,
-                                    num_sequences=cfg.num_sequences,
-                                    image_size=(model.frame_size or (64, 64))[0], seed=cfg.seed)
-    check_sequences(dataset, model, input_len + pred_len, data or cfg.data)
+    dataset = run_dataset(cfg, model, input_len + pred_len, data)
     if data is None:  # the run's own validation split
         _, dataset = fc_data.split(dataset, cfg.val_fraction, cfg.seed)
     return model, cfg, dataset, input_len, pred_len

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .. import data as fc_data
 from .. import models
 from ..cells.base import CellBase
 from ..models.e_convlstm import temporal_consistency_loss
@@ -64,6 +65,16 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def run_dataset(cfg: TrainConfig, model: nn.Module, length: int, spec: str | None = None):
+    """The dataset ``spec`` (default the run's ``cfg.data``) with sequences of ``length``
+    frames, checked against the model (the synthetic data is generated at its frame size)."""
+    spec = spec or cfg.data
+    dataset = fc_data.build_dataset(spec, seq_len=length, num_sequences=cfg.num_sequences,
+                                    image_size=(model.frame_size or (64, 64))[0], seed=cfg.seed)
+    check_sequences(dataset, model, length, spec)
+    return dataset
+
+
 def check_sequences(dataset, model: nn.Module, length: int, spec: str) -> None:
     """The data must hold sequences of ``length`` frames the model can read."""
     if len(dataset) == 0:
@@ -93,10 +104,6 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool | str = False, progress: bool = True,
                  overwrite: bool = False):
-        from .. import (
-            data as fc_data,  # heavy optional imports stay out of module import
-        )
-
         self.cfg = cfg
         self.rank, self.world = _distributed()
         self.device = torch.device(cfg.device)
@@ -111,11 +118,7 @@ class Trainer:
         self.pred_len = cfg.pred_len or self.model.pred_len
         self._set_checkpoint_layers(cfg.checkpoint_layers)
         self.total_len = self.input_len + self.pred_len
-        size = self.model.frame_size or (64, 64)
-        dataset = fc_data.build_dataset(cfg.data, seq_len=self.total_len,
-                                        num_sequences=cfg.num_sequences, image_size=size[0],
-                                        seed=cfg.seed)
-        check_sequences(dataset, self.model, self.total_len, cfg.data)
+        dataset = run_dataset(cfg, self.model, self.total_len)
         self.train_set, self.val_set = fc_data.split(dataset, cfg.val_fraction, cfg.seed)
         self.global_batch = cfg.batch_size * self.world
         if len(self.train_set) < self.global_batch:
