@@ -122,7 +122,7 @@ def _load_run(checkpoint: str, data: str | None, device: str):
     input_len = cfg.input_len or model.input_len
     pred_len = cfg.pred_len or model.pred_len
     dataset = run_dataset(cfg, model, input_len + pred_len, data)
-    if data is None:  # the run's own validation split
+    if data is None or data == cfg.data:  # the run's own validation split
         _, dataset = fc_data.split(dataset, cfg.val_fraction, cfg.seed)
     return model, cfg, dataset, input_len, pred_len
 

@@ -55,8 +55,11 @@ def test_schedules_at_chosen_steps():
     assert f("cosine", 100, min_lr_ratio=0.1) == pytest.approx(0.1)
     assert f("onecycle", 0) == pytest.approx(1 / 25) and f("onecycle", 30) == pytest.approx(1)
     assert f("onecycle", 100) == pytest.approx(0)
-    assert f("cyclic", 0, cycle_steps=10) == 0 and f("cyclic", 5, cycle_steps=10) == 1
-    assert f("cyclic", 15, cycle_steps=10) == 1 and f("cyclic", 12, cycle_steps=10) == 0.4
+    # cyclic starts at the peak (where a warm-up ends), then down and up again
+    assert f("cyclic", 0, cycle_steps=10) == 1 and f("cyclic", 5, cycle_steps=10) == 0
+    assert f("cyclic", 10, cycle_steps=10) == 1 and f("cyclic", 12, cycle_steps=10) == \
+        pytest.approx(0.6)
+    assert f("cyclic", 2, warmup_steps=2, cycle_steps=10) == 1
 
 
 # e_convlstm has dropout (global RNG), scheduled sampling draws masks, EMA, accumulation,
@@ -65,24 +68,66 @@ RESUMABLE = dict(model="e_convlstm", model_args={"hidden_size": 4, "num_layers":
                                                   "frame_size": 32},
                  sampling="scheduled", sampling_changing_rate=0.1, sampling_stop_iter=8,
                  ema_decay=0.9, accum_steps=2, clip_grad=0.5, schedule="cosine",
-                 warmup_steps=2, temporal_weight=0.1, l1_weight=0.5)
+                 warmup_steps=2, l1_weight=0.5)
 
 
 def test_resume_continues_exactly(tmp_path):
     straight = Trainer(tiny(tmp_path, "a", **RESUMABLE), progress=False)
     straight.fit()
-    interrupted = Trainer(tiny(tmp_path, "b", **RESUMABLE), progress=False)
-    interrupted.fit(stop_at=3)  # as if the process died after the step-3 checkpoint
+    # checkpoints every 2 steps and dies after step 3: step 3's records are redone on resume
+    interrupted = Trainer(tiny(tmp_path, "b", checkpoint_every=2, **RESUMABLE), progress=False)
+    step = interrupted.train_step
+
+    def dying_step():
+        if interrupted.step == 3:
+            raise KeyboardInterrupt
+        return step()
+
+    interrupted.train_step = dying_step
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
     del interrupted
     resumed = Trainer(tiny(tmp_path, "b", **RESUMABLE), resume=True, progress=False)
-    assert resumed.step == 3
+    assert resumed.step == 2
     resumed.fit()
+    with open(tmp_path / "b" / "val.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [0, 3, 6]
     assert len(losses(tmp_path / "a")) == 6
     assert losses(tmp_path / "b") == losses(tmp_path / "a")  # bit-identical
     for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
         assert torch.equal(p, q)
     for p, q in zip(resumed.ema.module.parameters(), straight.ema.module.parameters()):
         assert torch.equal(p, q)
+
+
+def test_fp16_resume_with_clipping_continues_exactly(tmp_path):
+    changes = dict(precision="fp16", clip_grad=0.1, steps=4, checkpoint_every=2)
+    straight = Trainer(tiny(tmp_path, "a", **changes), progress=False)
+    straight.fit()
+    Trainer(tiny(tmp_path, "b", **changes), progress=False).fit(stop_at=2)
+    resumed = Trainer(tiny(tmp_path, "b", **changes), resume=True, progress=False)
+    fresh_scale = Trainer(tiny(tmp_path, "b2", **changes), progress=False).scaler.get_scale()
+    assert resumed.scaler.get_scale() < fresh_scale  # the scale it had backed off to
+    resumed.fit()
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+
+
+def test_accumulation_equals_the_larger_batch_and_eval_uses_ema(tmp_path, monkeypatch):
+    accum = Trainer(tiny(tmp_path, "accum", batch_size=2, accum_steps=2, steps=3,
+                         ema_decay=0.5), progress=False)
+    accum.fit()
+    whole = Trainer(tiny(tmp_path, "whole", steps=3), progress=False)
+    whole.fit()
+    for p, q in zip(accum.model.parameters(), whole.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    import fastcells.train.trainer as trainer_module
+    seen = []
+    monkeypatch.setattr(trainer_module, "evaluate_model",
+                        lambda model, *a, **k: seen.append(model) or {"mse_per_frame": 1.0})
+    accum.evaluate()
+    assert seen == [accum.ema.module]
+    assert any(not torch.equal(p, q) for p, q in zip(accum.ema.module.parameters(),
+                                                     accum.model.parameters()))
 
 
 def test_resume_refuses_another_model_and_a_fresh_run_refuses_an_existing_one(tmp_path):
@@ -111,6 +156,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
+def test_non_finite_gradients_stop_before_the_weights_change(tmp_path):
+    trainer = Trainer(tiny(tmp_path, checkpoint_every=1), progress=False)
+    trainer.fit(stop_at=1)
+    p = next(trainer.model.parameters())
+    p.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(TrainingDiverged, match="gradient norm is .* at step 2"):
+        trainer.fit()
+    saved = ckpt_io.load(os.path.join(trainer.cfg.out_dir, "last.pt"))
+    assert saved["step"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert torch.isfinite(p).all()
+
+
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     path = str(tmp_path / "ck.pt")
     ckpt_io.save_atomic({"model": {}, "config": {}, "n": 1}, path)
@@ -133,7 +190,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 def test_mixed_precision_and_checkpointed_layers_train(tmp_path):
     for precision in ("bf16", "fp16"):
         trainer = Trainer(tiny(tmp_path, precision, precision=precision, steps=2,
-                               checkpoint_layers=[1]), progress=False)
+                               checkpoint_layers=[1], temporal_weight=0.1), progress=False)
         cells = [m for m in trainer.model.modules() if hasattr(m, "memory_efficient")]
         assert [c.memory_efficient for c in cells] == [False, True]
         assert trainer.scaler.is_enabled() == (precision == "fp16")
@@ -153,6 +210,11 @@ def test_unwritable_out_dir_and_bad_data(tmp_path):
     np.save(tmp_path / "rgb.npy", np.zeros((8, 6, 3, 32, 32), np.float32))
     with pytest.raises(ValueError, match=r"model needs \(T, C, H, W\) = \(6, 1, 32, 32\)"):
         Trainer(tiny(tmp_path, "rgb", data=f"npy:{tmp_path / 'rgb.npy'}"), progress=False)
+    np.save(tmp_path / "bytes.npy", np.full((8, 6, 1, 32, 32), 255.0, np.float32))
+    with pytest.raises(ValueError, match=r"values in \[255, 255\].*\[0, 1\]"):
+        Trainer(tiny(tmp_path, "bytes", data=f"npy:{tmp_path / 'bytes.npy'}"), progress=False)
+    with pytest.raises(ValueError, match="temporal_weight"):
+        Trainer(tiny(tmp_path, "tc", model="e_convlstm", temporal_weight=0.1), progress=False)
 
 
 def _free_port() -> int:
@@ -235,6 +297,8 @@ def test_early_stopping_counts_evaluations_without_improvement(tmp_path, monkeyp
     assert trainer.step == 4  # 90 at step 2 is the best; 95 and 91 are two misses
     assert trainer.best_val == 90.0
     assert ckpt_io.load(os.path.join(trainer.cfg.out_dir, "best.pt"))["step"] == 2
+    resumed = Trainer(trainer.cfg, resume=True, progress=False)  # it had stopped: stays so
+    assert resumed.fit() is None and resumed.step == 4
 
 
 @requires_cpp

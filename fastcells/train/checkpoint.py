@@ -35,6 +35,7 @@ def save_atomic(obj: dict, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide checkpoints from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -95,7 +95,8 @@ class TrainConfig:
 
     # what must match for a checkpoint to resume this run
     _RESUME_KEYS = ("model", "preset", "model_args", "data", "num_sequences", "input_len",
-                    "pred_len", "val_fraction", "seed", "optimizer", "schedule", "precision")
+                    "pred_len", "val_fraction", "seed", "optimizer", "schedule", "precision",
+                    "ema_decay", "l2_weight", "l1_weight", "temporal_weight")
 
     def __post_init__(self):
         self.validate()
@@ -124,6 +125,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        if not isinstance(values, dict):
+            raise ValueError(f"config: expected a JSON object of TrainConfig fields, got "
+                             f"{type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

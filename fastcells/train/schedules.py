@@ -16,8 +16,8 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     - onecycle: linear warm-up (``warmup_steps``, default 30% of the run) from 1/25, then
       cosine annealing to ``min_lr_ratio`` (as ``torch.optim.lr_scheduler.OneCycleLR``'s
       cosine strategy; momentum is not cycled);
-    - cyclic: warm-up, then triangular cycles of ``cycle_steps`` between ``min_lr_ratio``
-      and 1.
+    - cyclic: warm-up, then triangular cycles of ``cycle_steps`` between 1 and
+      ``min_lr_ratio``, starting at 1.
     """
     low = cfg.min_lr_ratio
     if cfg.schedule == "onecycle":
@@ -34,8 +34,9 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     if cfg.schedule == "cosine":
         progress = min(1.0, after / max(1, cfg.steps - cfg.warmup_steps))
         return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
-    # cyclic (triangular): up for half a cycle, down for the other half
-    phase = (after % cfg.cycle_steps) / cfg.cycle_steps
+    # cyclic (triangular), starting at the peak the warm-up reached: down for half a cycle,
+    # up for the other half
+    phase = (after / cfg.cycle_steps + 0.5) % 1.0
     return low + (1 - low) * (1 - abs(2 * phase - 1))
 
 

@@ -3,7 +3,8 @@
 Runs under ``torchrun`` as well as alone: with ``WORLD_SIZE > 1`` in the environment each
 process trains on its slice of every global batch (``batch_size`` sequences per process)
 and DistributedDataParallel averages the gradients, so N processes with batch b follow the
-same trajectory as one process with batch N*b. Only rank 0 writes logs, plots and
+same trajectory as one process with batch N*b (without sampling masks, which each process
+draws for its own slice). Only rank 0 writes logs, plots and
 checkpoints.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import time
 import warnings
 
@@ -55,11 +57,14 @@ class _TrainStep(nn.Module):
         return out.predictions, out.targets, out.losses
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), initialising the process group when torchrun asked for one."""
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size), initialising the process group when torchrun asked for one:
+    NCCL for CUDA training, gloo for CPU training."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -84,6 +89,10 @@ def check_sequences(dataset, model: nn.Module, length: int, spec: str) -> None:
     if first.dim() != 4 or tuple(first.shape) != want:
         raise ValueError(f"data: {spec!r} gives sequences of shape {tuple(first.shape)}; the "
                          f"model needs (T, C, H, W) = {want} (input_len + pred_len frames)")
+    low, high = float(first.min()), float(first.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(f"data: {spec!r} has values in [{low:g}, {high:g}]; the models, "
+                         f"losses and metrics expect frames scaled to [0, 1]")
 
 
 def seed_everything(seed: int) -> None:
@@ -105,8 +114,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool | str = False, progress: bool = True,
                  overwrite: bool = False):
         self.cfg = cfg
-        self.rank, self.world = _distributed()
         self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {cfg.device!r} asked for, but this torch has no CUDA "
+                             f"device (use --device cpu)")
+        self.rank, self.world = _distributed(self.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.progress = progress and self.rank == 0
@@ -114,6 +126,10 @@ class Trainer:
 
         self.model = models.create(cfg.model, preset=cfg.preset, backend=cfg.backend,
                                    **cfg.model_args).to(self.device)
+        if cfg.temporal_weight and "temporal_consistency" in self.model.loss_weights:
+            raise ValueError(f"temporal_weight: {cfg.model} adds the temporal-consistency loss "
+                             f"itself (weight {self.model.loss_weights['temporal_consistency']}); "
+                             f"leave temporal_weight at 0")
         self.input_len = cfg.input_len or self.model.input_len
         self.pred_len = cfg.pred_len or self.model.pred_len
         self._set_checkpoint_layers(cfg.checkpoint_layers)
@@ -249,9 +265,18 @@ class Trainer:
             total += loss.item() / cfg.accum_steps
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.accum_steps
-        if cfg.clip_grad > 0:
+        if cfg.clip_grad > 0 or not self.scaler.is_enabled():
+            # the global norm clips, and shows non-finite gradients that would otherwise
+            # write NaN into the weights (fp16's GradScaler skips those steps itself)
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                  cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+            if not self.scaler.is_enabled() and not torch.isfinite(norm):
+                raise TrainingDiverged(
+                    f"gradient norm is {norm.item()} at step {self.step + 1}; stopped without "
+                    f"updating. The last good checkpoint is "
+                    f"{os.path.join(cfg.out_dir, 'last.pt')} (if one was written): resume from "
+                    f"it with a lower lr or clip_grad")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -259,7 +284,7 @@ class Trainer:
         with warnings.catch_warnings():
             # fp16: the GradScaler skips updates with inf grads while it finds its scale;
             # the schedule still advances by attempted updates (resumes reproduce it)
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -278,6 +303,8 @@ class Trainer:
         cfg = self.cfg
         end = min(cfg.steps, stop_at or cfg.steps)
         last_val = None
+        if 0 < cfg.early_stopping <= self.bad_evals:  # a resumed run that had stopped early
+            return None
         if self.step == 0:  # the starting point of the validation curve
             last_val = self.evaluate()
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step",
