@@ -86,7 +86,6 @@ def test_resume_continues_exactly(tmp_path):
     interrupted.train_step = dying_step
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
-    del interrupted
     resumed = Trainer(tiny(tmp_path, "b", **RESUMABLE), resume=True, progress=False)
     assert resumed.step == 2
     resumed.fit()

@@ -126,7 +126,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         if not isinstance(values, dict):
-            raise ValueError(f"config: expected a JSON object of TrainConfig fields, got "
+            raise TypeError(f"config: expected a JSON object of TrainConfig fields, got "
                              f"{type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
