@@ -27,13 +27,19 @@ class NdrplzConvLSTMCell(DropIn, ConvLSTMCell):
                                  dtype=w.dtype) for _ in range(2))
 
 
-def convert(module: nn.Module, backend: str, memory_efficient: bool = False):
-    cin, hid, conv = int(module.input_dim), int(module.hidden_dim), module.conv
+def convert_one_conv(drop_in: type, module: nn.Module, cin: int, hidden: int, backend: str,
+                     memory_efficient: bool):
+    """A ConvLSTM cell whose gates come from one ``conv`` over ``[x; h]`` (ndrplz, NVlabs)."""
+    conv = module.conv
     k = odd_square_kernel(conv, "conv")
-    expect_channels(conv, "conv", cin + hid, 4 * hid)
-    return NdrplzConvLSTMCell.adopt(module, {"conv": conv}, backend, memory_efficient,
-                                    input_size=cin, hidden_size=hid, kernel_size=k,
-                                    bias=conv.bias is not None)
+    expect_channels(conv, "conv", cin + hidden, 4 * hidden)
+    return drop_in.adopt(module, {"conv": conv}, backend, memory_efficient, input_size=cin,
+                         hidden_size=hidden, kernel_size=k, bias=conv.bias is not None)
+
+
+def convert(module: nn.Module, backend: str, memory_efficient: bool = False):
+    return convert_one_conv(NdrplzConvLSTMCell, module, int(module.input_dim),
+                            int(module.hidden_dim), backend, memory_efficient)
 
 
 def run(module: nn.Module, gen: torch.Generator) -> list:

@@ -24,6 +24,7 @@ from .dropin import (
     required_attrs,
     same_bias,
 )
+from .ndrplz import convert_one_conv
 
 
 def _zeros(inputs, channels):
@@ -107,12 +108,8 @@ class NVlabsConvTTLSTMCell(_Stateful, DropIn, ConvTTLSTMCell):
 
 
 def convert_convlstm(module: nn.Module, backend: str, memory_efficient: bool = False):
-    cin, hid, conv = int(module.input_channels), int(module.hidden_channels), module.conv
-    k = odd_square_kernel(conv, "conv")
-    expect_channels(conv, "conv", cin + hid, 4 * hid)
-    return NVlabsConvLSTMCell.adopt(module, {"conv": conv}, backend, memory_efficient,
-                                    input_size=cin, hidden_size=hid, kernel_size=k,
-                                    bias=conv.bias is not None)
+    return convert_one_conv(NVlabsConvLSTMCell, module, int(module.input_channels),
+                            int(module.hidden_channels), backend, memory_efficient)
 
 
 def convert_convttlstm(module: nn.Module, backend: str, memory_efficient: bool = False):
