@@ -23,6 +23,14 @@ class RunLog:
         self.name = name
 
     def write(self, record: dict) -> None:
+        scalars = self._append(record)
+        if self.writer is not None:
+            for k, v in scalars.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(f"{self.name}/{k}", v, record.get("step", 0))
+
+    def _append(self, record: dict) -> dict:
+        """Appends to the JSONL and CSV files; returns the scalar fields."""
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(record) + "\n")
         scalars = {k: v for k, v in record.items() if not isinstance(v, (list, dict))}
@@ -32,10 +40,7 @@ class RunLog:
             if new:
                 w.writeheader()
             w.writerow(scalars)
-        if self.writer is not None:
-            for k, v in scalars.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"{self.name}/{k}", v, record.get("step", 0))
+        return scalars
 
     def read(self) -> list[dict]:
         if not os.path.exists(self.jsonl):
@@ -50,11 +55,4 @@ class RunLog:
             if os.path.exists(path):
                 os.remove(path)
         for r in records:
-            self.write_files_only(r)
-
-    def write_files_only(self, record: dict) -> None:
-        writer, self.writer = self.writer, None
-        try:
-            self.write(record)
-        finally:
-            self.writer = writer
+            self._append(r)
