@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 # (isolation would pull a fresh multi-GB torch into the build environment).
 setup:
 	$(PYTHON) -m pip install -q "torch==$(TORCH_VERSION)" numpy pybind11 ninja pytest pytest-benchmark expecttest fvcore \
-		tqdm matplotlib pillow scikit-image h5py
+		tqdm matplotlib pillow scikit-image h5py triton
 	$(PYTHON) -m pip install -q --no-build-isolation -e .
 
 demo: setup

@@ -7,6 +7,7 @@ saying how to build it.
 from __future__ import annotations
 
 import importlib
+import os
 
 BUILD_HINT = (
     "The fastcells C++ extension (fastcells._C) is not built. Build it from the repository "
@@ -44,3 +45,61 @@ def cpp_extension():
     if _module is None:
         raise ImportError(f"{BUILD_HINT}\n(import error: {_error})")
     return _module
+
+
+# ----------------------------------------------------------------------------- CUDA extension
+CUDA_BUILD_HINT = (
+    "The fastcells CUDA extension (fastcells._C_cuda) is not built. It is built by setup.py "
+    "when torch has CUDA and nvcc is found (or with FASTCELLS_CUDA=1):\n"
+    "    pip install --no-build-isolation -e .\n"
+    "Use backend='triton' (pip install triton) or backend='reference' on the GPU without it."
+)
+
+_cuda_module = None
+_cuda_error: Exception | None = None
+_cuda_loaded = False
+
+
+def _load_cuda() -> None:
+    global _cuda_module, _cuda_error, _cuda_loaded
+    if _cuda_loaded:
+        return
+    _cuda_loaded = True
+    try:
+        _cuda_module = importlib.import_module("fastcells._C_cuda")
+    except ImportError as exc:  # not built (CPU-only torch, no nvcc), or another torch
+        _cuda_error = exc
+
+
+def cuda_available() -> bool:
+    """True when the compiled CUDA extension can be used (and a GPU is present)."""
+    _load_cuda()
+    return _cuda_module is not None
+
+
+def cuda_extension():
+    """The compiled CUDA extension; ImportError with build instructions if missing."""
+    _load_cuda()
+    if _cuda_module is None:
+        raise ImportError(f"{CUDA_BUILD_HINT}\n(import error: {_cuda_error})")
+    return _cuda_module
+
+
+# ----------------------------------------------------------------------------- Triton
+TRITON_HINT = ("backend 'triton' needs the triton package: pip install triton "
+               "(GPU wheels of torch ship it)")
+
+
+def triton_available() -> bool:
+    """True when triton can be imported."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_interpreted() -> bool:
+    """True when Triton runs in interpreter mode (``TRITON_INTERPRET=1``): its kernels then
+    take CPU tensors. That is how the test suite runs them on machines without a GPU."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -1,13 +1,23 @@
 import os
 
-import pytest
 import torch
 
-from fastcells import _ext
+# Without a GPU the Triton kernels run in the interpreter, on CPU tensors. This must be set
+# before triton is first imported (fastcells imports it lazily).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from fastcells import _ext  # noqa: E402
 
 requires_cpp = pytest.mark.skipif(
     not _ext.cpp_available(),
     reason="C++ extension not built (pip install --no-build-isolation -e .)")
+
+
+requires_triton = pytest.mark.skipif(not _ext.triton_available(),
+                                     reason="triton not installed (pip install triton)")
 
 
 @pytest.fixture(autouse=True, scope="session")

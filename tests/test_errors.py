@@ -112,7 +112,8 @@ def test_missing_extension_explicit_cpp_raises(no_extension):
     with pytest.raises(ImportError, match="pip install --no-build-isolation -e ."):
         fc.ConvLSTMCell(3, 4, backend="cpp")
     assert not _ext.cpp_available()
-    assert fc.available_backends("cpu") == ["reference"]
+    assert "cpp" not in fc.available_backends("cpu")
+    assert "reference" in fc.available_backends("cpu")
 
 
 def test_missing_extension_auto_warns_once_and_uses_reference(no_extension):

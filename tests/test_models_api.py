@@ -288,6 +288,6 @@ def test_registry_errors():
     with pytest.raises(TypeError, match="unexpected keyword argument 'hiden_size'"):
         M.create("convlstm", preset="mmnist", hiden_size=3)
     with pytest.raises(ValueError, match="backend must be"):
-        M.create("convlstm", preset="mmnist", backend="cuda")
+        M.create("convlstm", preset="mmnist", backend="cudnn")
     with pytest.raises(ValueError, match="input_shape: expected"):
         M.profile(M.create("convlstm", preset="mmnist"), (1, 10, 64, 64))

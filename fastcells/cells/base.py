@@ -22,6 +22,7 @@ class CellBase(nn.Module):
     """
 
     state_names: Sequence[str] = ()
+    kind: str = "convlstm"
 
     def __init__(self, input_size: int, hidden_size: int, backend: str, memory_efficient: bool):
         super().__init__()
@@ -41,10 +42,10 @@ class CellBase(nn.Module):
     def backend(self) -> str:
         """The backend that runs for the parameters' current device and dtype."""
         p = self._any_param()
-        return backends.resolve(self.requested_backend, p.device, p.dtype)
+        return backends.resolve(self.requested_backend, p.device, p.dtype, self.kind)
 
     def _backend_for(self, x: Tensor) -> str:
-        backend = backends.resolve(self.requested_backend, x.device, x.dtype)
+        backend = backends.resolve(self.requested_backend, x.device, x.dtype, self.kind)
         backends.check_supported(backend, x.device, x.dtype)
         return backend
 

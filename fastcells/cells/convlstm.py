@@ -40,6 +40,7 @@ class ConvLSTMCell(CellBase):
     """
 
     state_names = ("h", "c")
+    kind = "convlstm"  # the key of backends.AUTO_PREFERENCE
 
     def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3, bias: bool = True,
                  forget_bias: float = 0.0, peephole: bool = False, backend: str = "auto",

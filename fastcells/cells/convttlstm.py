@@ -42,6 +42,7 @@ class ConvTTLSTMCell(CellBase):
     """
 
     state_names = ("h", "c", "history")
+    kind = "convttlstm"  # the key of backends.AUTO_PREFERENCE
 
     def __init__(self, input_size: int, hidden_size: int, order: int = 3, steps: int = 3,
                  rank: int = 8, kernel_size: int = 5, backend: str = "auto",

@@ -36,6 +36,7 @@ class MKLSTMCell(CellBase):
     """
 
     state_names = ("h", "c1", "c2")
+    kind = "mklstm"  # the key of backends.AUTO_PREFERENCE
 
     def __init__(self, input_size: int, hidden_size: int, kernel_sizes=(3, 5),
                  backend: str = "auto", memory_efficient: bool = False):

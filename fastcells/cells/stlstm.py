@@ -39,6 +39,7 @@ class SpatioTemporalLSTMCell(CellBase):
     """
 
     state_names = ("h", "c", "m")
+    kind = "stlstm"  # the key of backends.AUTO_PREFERENCE
 
     def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3, bias: bool = False,
                  layer_norm: bool = False, spatial_size=None, backend: str = "auto",

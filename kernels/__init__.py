@@ -1,0 +1,1 @@
+"""Triton kernels of fastcells (installed as fastcells.kernels)."""
