@@ -5,7 +5,7 @@ implementations the cells call.
 """
 from types import SimpleNamespace
 
-from .convlstm_gates import convlstm_gates_cpp, convlstm_gates_ref
+from .convlstm_gates import convlstm_gates_cpp, convlstm_gates_ref, convlstm_gates_triton
 from .dual_memory_gates import (mklstm_gates_cpp, mklstm_gates_ref, stlstm_gates_cpp,
                                 stlstm_gates_ref)
 from .output_gate import output_gate_cpp, output_gate_ref
@@ -15,8 +15,9 @@ GATES = {
                                  mklstm=mklstm_gates_ref, output=output_gate_ref),
     "cpp": SimpleNamespace(convlstm=convlstm_gates_cpp, stlstm=stlstm_gates_cpp,
                            mklstm=mklstm_gates_cpp, output=output_gate_cpp),
+    "triton": SimpleNamespace(convlstm=convlstm_gates_triton),
 }
 
-__all__ = ["GATES", "convlstm_gates_ref", "convlstm_gates_cpp", "stlstm_gates_ref",
+__all__ = ["GATES", "convlstm_gates_ref", "convlstm_gates_cpp", "convlstm_gates_triton", "stlstm_gates_ref",
            "stlstm_gates_cpp", "mklstm_gates_ref", "mklstm_gates_cpp", "output_gate_ref",
            "output_gate_cpp"]

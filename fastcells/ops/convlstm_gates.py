@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from . import _triton
 from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
 
@@ -99,4 +100,28 @@ def convlstm_gates_cpp(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = N
     if peephole is not None:
         peephole = peephole.contiguous()
     h, c, _ = _apply(z, c_prev, peephole, float(forget_bias))
+    return h, c
+
+
+# ----------------------------------------------------------------------------- Triton
+_triton_apply = autograd_pair(
+    "ConvLSTMGatesTriton",
+    _triton.eager("convlstm_gates", "forward"),
+    _triton.library_op("convlstm_gates_triton", "(Tensor z, Tensor c_prev, Tensor? peephole, "
+                       "float forget_bias) -> (Tensor, Tensor, Tensor)",
+                       "convlstm_gates", "forward"),
+    _triton.eager("convlstm_gates", "backward"),
+    _triton.library_op("convlstm_gates_triton_backward",
+                       "(Tensor grad_h, Tensor grad_c, Tensor acts, Tensor c_prev, Tensor c, "
+                       "Tensor? peephole) -> (Tensor, Tensor, Tensor)",
+                       "convlstm_gates", "backward"),
+    _setup_context, _backward)
+
+
+def convlstm_gates_triton(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] = None,
+                          forget_bias: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """Fused Triton kernels; same contract as :func:`convlstm_gates_ref`."""
+    if peephole is not None:
+        peephole = peephole.contiguous()
+    h, c, _ = _triton_apply(z, c_prev, peephole, float(forget_bias))
     return h, c
