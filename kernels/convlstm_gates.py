@@ -12,15 +12,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import (block_sizes, flat_strides, launch_grid, load, new_like_layout, store,
+from .layout import (block_sizes, launch_grid, launch_pointwise, load, new_like_layout, store,
                      tile_offsets)
 from .lstm_math import memory_update, memory_update_backward, sigmoid, tanh
 
 
 @triton.jit
-def _forward_kernel(z, c_prev, peep, h, c_out, acts, forget_bias, C, P,
+def _forward_kernel(z, c_prev, h, c_out, acts, C, P,
                     z_sb, z_sc, z_sp, cp_sb, cp_sc, cp_sp, h_sb, h_sc, h_sp,
-                    c_sb, c_sc, c_sp, a_sb, a_sc, a_sp,
+                    c_sb, c_sc, c_sp, a_sb, a_sc, a_sp, peep, forget_bias,
                     HAS_PEEP: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     ch, p, mask, b = tile_offsets(C, P, BLOCK_C, BLOCK_P)
@@ -46,10 +46,10 @@ def _forward_kernel(z, c_prev, peep, h, c_out, acts, forget_bias, C, P,
 
 
 @triton.jit
-def _backward_kernel(dh, dc, acts, c_prev, c, peep, dz, dc_prev, dpeep, C, P,
+def _backward_kernel(dh, dc, acts, c_prev, c, dz, dc_prev, C, P,
                      dh_sb, dh_sc, dh_sp, dc_sb, dc_sc, dc_sp, a_sb, a_sc, a_sp,
                      cp_sb, cp_sc, cp_sp, c_sb, c_sc, c_sp, dz_sb, dz_sc, dz_sp,
-                     dcp_sb, dcp_sc, dcp_sp,
+                     dcp_sb, dcp_sc, dcp_sp, peep, dpeep,
                      HAS_PEEP: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     ch, p, mask, b = tile_offsets(C, P, BLOCK_C, BLOCK_P)
@@ -92,40 +92,28 @@ def acc_dtype(dtype: torch.dtype):
 
 
 def forward(launch, z, c_prev, peephole, forget_bias: float):
-    """Returns ``(h, c, acts)``. ``launch`` wraps the kernel (``torch.library.wrap_triton``)."""
-    B, C, H, W = c_prev.shape
-    P = H * W
-    z, zs = flat_strides(z)
-    c_prev, cps = flat_strides(c_prev)
-    h, c, acts = new_like_layout(z, C), new_like_layout(z, C), new_like_layout(z, 4 * C)
-    _, hs = flat_strides(h)
-    _, cs = flat_strides(c)
-    _, as_ = flat_strides(acts)
-    bc, bp = block_sizes(C, P)
-    launch(_forward_kernel)[launch_grid(B, C, P, bc, bp)](
-        z, c_prev, peephole if peephole is not None else z, h, c, acts, float(forget_bias),
-        C, P, *zs, *cps, *hs, *cs, *as_, HAS_PEEP=peephole is not None,
-        ACC=acc_dtype(z.dtype), BLOCK_C=bc, BLOCK_P=bp)
-    return h, c, acts
+    """Returns ``(h, c, acts)``. ``launch`` wraps the kernel (see fastcells.ops._triton)."""
+    C = c_prev.shape[1]
+    outs = (new_like_layout(z, C), new_like_layout(z, C), new_like_layout(z, 4 * C))
+    launch_pointwise(launch, _forward_kernel, (z, c_prev), outs, C,
+                     extra=(peephole if peephole is not None else z, float(forget_bias)),
+                     HAS_PEEP=peephole is not None, ACC=acc_dtype(z.dtype))
+    return outs
 
 
 def backward(launch, grad_h, grad_c, acts, c_prev, c, peephole):
     """Returns ``(dz, dc_prev, dpeephole or an empty tensor)``."""
     B, C, H, W = c_prev.shape
-    P = H * W
-    tensors = [flat_strides(t) for t in (grad_h, grad_c, acts, c_prev, c)]
-    dz, dc_prev = new_like_layout(acts, 4 * C), new_like_layout(acts, C)
-    bc, bp = block_sizes(C, P)
-    grid = launch_grid(B, C, P, bc, bp)
+    outs = (new_like_layout(acts, 4 * C), new_like_layout(acts, C))
     has_peep = peephole is not None
-    # Peephole gradient partial sums, (B * position blocks, 3C), every element written.
-    partial = torch.empty((B * grid[0] if has_peep else 1, 3 * C),
+    # Peephole gradient partial sums, one row per (batch, position block), every element
+    # written (deterministic, no atomics); summed here.
+    rows = B * launch_grid(B, C, H * W, *block_sizes(C, H * W))[0]
+    partial = torch.empty((rows if has_peep else 1, 3 * C),
                           dtype=torch.float64 if acts.dtype == torch.float64 else torch.float32,
                           device=acts.device)
-    launch(_backward_kernel)[grid](
-        *(t for t, _ in tensors), peephole if has_peep else acts, dz, dc_prev, partial, C, P,
-        *(s for _, ss in tensors for s in ss), *flat_strides(dz)[1], *flat_strides(dc_prev)[1],
-        HAS_PEEP=has_peep, ACC=acc_dtype(acts.dtype), BLOCK_C=bc, BLOCK_P=bp)
-    dpeep = (partial.sum(0).view(3, C).to(peephole.dtype) if has_peep
-             else acts.new_empty(0))
-    return dz, dc_prev, dpeep
+    launch_pointwise(launch, _backward_kernel, (grad_h, grad_c, acts, c_prev, c), outs, C,
+                     extra=(peephole if has_peep else acts, partial),
+                     HAS_PEEP=has_peep, ACC=acc_dtype(acts.dtype))
+    dpeep = partial.sum(0).view(3, C).to(peephole.dtype) if has_peep else acts.new_empty(0)
+    return (*outs, dpeep)

@@ -78,3 +78,17 @@ def load(ptr, b, ch, p, mask, sb, sc, sp, ACC: tl.constexpr):
 @triton.jit
 def store(ptr, value, b, ch, p, mask, sb, sc, sp):
     tl.store(ptr + b * sb + ch * sc + p * sp, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+def launch_pointwise(launch, kernel, inputs, outputs, C: int, extra=(), **meta):
+    """Launches a pointwise kernel over (B, C, H, W) tiles with arguments
+    ``(*inputs, *outputs, C, P, <(sb, sc, sp) of each input, then of each output>, *extra)``
+    and the tile sizes; inputs whose H, W do not collapse are copied first."""
+    B, _, H, W = outputs[0].shape
+    P = H * W
+    flat = [flat_strides(t) for t in inputs]
+    block_c, block_p = block_sizes(C, P)
+    launch(kernel)[launch_grid(B, C, P, block_c, block_p)](
+        *(t for t, _ in flat), *outputs, C, P,
+        *(s for _, ss in flat for s in ss), *(s for t in outputs for s in flat_strides(t)[1]),
+        *extra, BLOCK_C=block_c, BLOCK_P=block_p, **meta)

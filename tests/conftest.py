@@ -23,11 +23,18 @@ requires_triton = pytest.mark.skipif(not _ext.triton_available(),
 @pytest.fixture(autouse=True, scope="session")
 def _poison_kernel_outputs():
     """Kernel outputs start NaN-filled, so an element a kernel forgets to write fails."""
+    poison = []
     if _ext.cpp_available():
-        _ext.cpp_extension().set_poison_outputs(True)
+        poison.append(_ext.cpp_extension().set_poison_outputs)
+    if _ext.triton_available():
+        from fastcells.kernels import layout
+
+        poison.append(lambda on: layout.POISON.__setitem__(0, on))
+    for switch in poison:
+        switch(True)
     yield
-    if _ext.cpp_available():
-        _ext.cpp_extension().set_poison_outputs(False)
+    for switch in poison:
+        switch(False)
 
 
 @pytest.fixture(autouse=True)

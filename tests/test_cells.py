@@ -13,6 +13,8 @@ VARIANTS = {
     "cpp": ("cpp", {}),
     "cpp_memeff": ("cpp", {"memory_efficient": True}),
     "reference_memeff": ("reference", {"memory_efficient": True}),
+    "triton": ("triton", {}),
+    "triton_memeff": ("triton", {"memory_efficient": True}),
 }
 
 
@@ -74,6 +76,8 @@ def test_cell_matches_reference(variant, config, layout, b, h, w):
     backend, extra = VARIANTS[variant]
     if backend == "cpp" and not _ext.cpp_available():
         pytest.skip("C++ extension not built")
+    if backend == "triton" and not _ext.triton_available():
+        pytest.skip("triton not installed")
     dtype = torch.float32
     ref, other = make_cells(config, [("reference", {}), (backend, extra)], spatial=(h, w))
     xs = [_layout(torch.randn(b, 3, h, w, dtype=dtype), layout).requires_grad_() for _ in range(3)]

@@ -1,15 +1,16 @@
-"""Each fused gate op against its eager reference, forward and backward."""
+"""Each fused gate op (C++ and Triton backends) against its eager reference, forward and
+backward. Triton runs in the interpreter on CPU tensors when there is no GPU."""
 import pytest
 import torch
 
 from fastcells import ops
 
-from .conftest import requires_cpp
-from .helpers import RTOL, assert_close
-
-pytestmark = requires_cpp
+from .conftest import requires_cpp, requires_triton
+from .helpers import RTOL, assert_close, rel_error
 
 C = 5
+BACKENDS = [pytest.param("cpp", marks=requires_cpp),
+            pytest.param("triton", marks=requires_triton)]
 
 
 def _planes(b, k, h, w, dtype, layout):
@@ -28,19 +29,26 @@ def _planes(b, k, h, w, dtype, layout):
 
 
 OPS = {
-    # name: (ref, cpp, channel multiples of the tensor inputs, extra args)
-    "convlstm": (ops.convlstm_gates_ref, ops.convlstm_gates_cpp, (4, 1), (None, 0.0)),
-    "convlstm_fb": (ops.convlstm_gates_ref, ops.convlstm_gates_cpp, (4, 1), (None, 1.5)),
-    "convlstm_peephole": (ops.convlstm_gates_ref, ops.convlstm_gates_cpp, (4, 1), ("peep", 0.7)),
-    "stlstm": (ops.stlstm_gates_ref, ops.stlstm_gates_cpp, (7, 4, 3, 1, 1), (False,)),
-    "stlstm_deltas": (ops.stlstm_gates_ref, ops.stlstm_gates_cpp, (7, 4, 3, 1, 1), (True,)),
-    "mklstm": (ops.mklstm_gates_ref, ops.mklstm_gates_cpp, (4, 4, 1, 1), ()),
-    "output": (ops.output_gate_ref, ops.output_gate_cpp, (1, 1, 1), ()),
+    # name: (op, channel multiples of the tensor inputs, extra args); the functions are
+    # fastcells.ops.<op>_ref and fastcells.ops.<op>_<backend>
+    "convlstm": ("convlstm_gates", (4, 1), (None, 0.0)),
+    "convlstm_fb": ("convlstm_gates", (4, 1), (None, 1.5)),
+    "convlstm_peephole": ("convlstm_gates", (4, 1), ("peep", 0.7)),
+    "stlstm": ("stlstm_gates", (7, 4, 3, 1, 1), (False,)),
+    "stlstm_deltas": ("stlstm_gates", (7, 4, 3, 1, 1), (True,)),
+    "mklstm": ("mklstm_gates", (4, 4, 1, 1), ()),
+    "output": ("output_gate", (1, 1, 1), ()),
 }
 
 
+def _fns(name, backend):
+    """(reference, fused) functions of an op."""
+    op = OPS[name][0]
+    return getattr(ops, f"{op}_ref"), getattr(ops, f"{op}_{backend}")
+
+
 def _inputs(name, b, h, w, dtype, layout, requires_grad=True):
-    _, _, mults, extra = OPS[name]
+    _, mults, extra = OPS[name]
     xs = [_planes(b, m * C, h, w, dtype, layout).requires_grad_(requires_grad) for m in mults]
     extra = tuple(torch.randn(3, C, dtype=dtype, requires_grad=requires_grad) if e == "peep" else e
                   for e in extra)
@@ -57,12 +65,13 @@ def _flat(out):
     return flat
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(OPS))
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "channel_slice", "strided",
                                     "transposed"])
 @pytest.mark.parametrize("shape", [(2, 9, 11), (1, 7, 5), (3, 1, 13)])
-def test_matches_reference(name, layout, shape):
-    ref, cpp, _, _ = OPS[name]
+def test_matches_reference(name, layout, shape, backend):
+    ref, cpp = _fns(name, backend)
     b, h, w = shape
     dtype = torch.float32
     xs, extra = _inputs(name, b, h, w, dtype, layout)
@@ -78,10 +87,11 @@ def test_matches_reference(name, layout, shape):
         assert_close(a, e, RTOL[dtype], f"{name} grad {i}")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(OPS))
-def test_unused_outputs_get_no_gradient(name):
+def test_unused_outputs_get_no_gradient(name, backend):
     """Only the first output reaches the loss: the others' gradients are treated as zero."""
-    ref, cpp, _, _ = OPS[name]
+    ref, cpp = _fns(name, backend)
     xs, extra = _inputs(name, 2, 5, 6, torch.float64, "contiguous")
     g_ref = torch.autograd.grad(_flat(ref(*xs, *extra))[0].sum(), xs, allow_unused=True)
     g_cpp = torch.autograd.grad(_flat(cpp(*xs, *extra))[0].sum(), xs, allow_unused=True)
@@ -92,10 +102,14 @@ def test_unused_outputs_get_no_gradient(name):
             assert_close(a, e, RTOL[torch.float64])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(OPS))
-def test_gradcheck_float64(name):
-    _, cpp, _, _ = OPS[name]
+def test_gradcheck_float64(name, backend):
+    _, cpp = _fns(name, backend)
     xs, extra = _inputs(name, 2, 3, 4, torch.float64, "contiguous")
+    # The interpreter runs a Triton launch in ~30 ms: the full Jacobian (2 launches per input
+    # element) would take minutes, the fast mode (random projections of it) seconds.
+    fast = backend == "triton"
     tensors = [*xs, *[e for e in extra if isinstance(e, torch.Tensor)]]
     n = len(xs)
 
@@ -104,17 +118,49 @@ def test_gradcheck_float64(name):
         args = [next(it) if isinstance(e, torch.Tensor) else e for e in extra]
         return tuple(_flat(cpp(*ts[:n], *args)))
 
-    assert torch.autograd.gradcheck(fn, tensors)
+    assert torch.autograd.gradcheck(fn, tensors, fast_mode=fast)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(OPS))
-def test_float64_matches_reference_exactly(name):
-    ref, cpp, _, _ = OPS[name]
+def test_float64_matches_reference_exactly(name, backend):
+    ref, cpp = _fns(name, backend)
     xs, extra = _inputs(name, 2, 5, 3, torch.float64, "contiguous")
     for a, e in zip(_flat(cpp(*xs, *extra)), _flat(ref(*xs, *extra))):
         assert_close(a, e, RTOL[torch.float64])
 
 
+@requires_triton
+@pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_half_precision_error_within_twice_eager(name, layout, dtype):
+    """bf16/fp16: the Triton kernels (float32 math) are no worse than twice the eager
+    reference run in the same dtype, both measured against the float64 reference."""
+    ref, fused = _fns(name, "triton")
+    xs64, extra64 = _inputs(name, 2, 7, 9, torch.float64, layout)
+    leaves64 = [*xs64, *[e for e in extra64 if isinstance(e, torch.Tensor)]]
+
+    def run(fn, cast):
+        leaves = [t.detach().to(cast).requires_grad_() for t in leaves64]
+        xs, it = leaves[:len(xs64)], iter(leaves[len(xs64):])
+        extra = [next(it) if isinstance(e, torch.Tensor) else e for e in extra64]
+        outs = _flat(fn(*xs, *extra))
+        torch.manual_seed(1)  # the same output gradients for every run
+        grads = [torch.randn(o.shape, dtype=torch.float64).to(cast) for o in outs]
+        return outs, torch.autograd.grad(outs, leaves, grads)
+
+    truth, eager, fused_ = run(ref, torch.float64), run(ref, dtype), run(fused, dtype)
+    for kind in range(2):
+        for i, (t, e, f) in enumerate(zip(truth[kind], eager[kind], fused_[kind])):
+            assert torch.isfinite(f).all(), f"{name} {('output', 'grad')[kind]} {i}"
+            err_e, err_f = rel_error(e, t), rel_error(f, t)
+            assert err_f <= 2 * err_e + 1e-6, (
+                f"{name} {('output', 'grad')[kind]} {i}: {dtype} error {err_f:.2e} > twice "
+                f"eager's {err_e:.2e}")
+
+
+@requires_cpp
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_unsupported_dtype_is_an_error(dtype):
     xs, extra = _inputs("convlstm", 1, 3, 3, torch.float32, "contiguous", requires_grad=False)
@@ -122,7 +168,7 @@ def test_unsupported_dtype_is_an_error(dtype):
         ops.convlstm_gates_cpp(*[x.to(dtype) for x in xs], *extra)
 
 
-def _op_samples():
+def _op_samples(suffix=""):
     z = torch.randn(2, 4 * C, 3, 5)
     c = torch.randn(2, C, 3, 5)
     peep = torch.randn(3, C)
@@ -130,21 +176,26 @@ def _op_samples():
     acts4 = torch.rand(2, 4 * C, 3, 5)
     zx, zh, zm = (torch.randn(2, k * C, 3, 5) for k in (7, 4, 3))
     acts6, acts2 = torch.rand(2, 6 * C, 3, 5), torch.rand(2, 2 * C, 3, 5)
-    f = torch.ops.fastcells
+
+    def f(name):
+        return getattr(torch.ops.fastcells, name.replace("@", suffix)).default
+
     return [
-        (f.convlstm_gates.default, (z.requires_grad_(), c.clone().requires_grad_(), None, 0.5)),
-        (f.convlstm_gates.default, (z, c.clone().requires_grad_(), peep.requires_grad_(), 0.0)),
-        (f.convlstm_gates_backward.default, (g, g, acts4, c, c, peep.detach())),
-        (f.stlstm_gates.default, (zx.requires_grad_(), zh, zm, c, c, True)),
-        (f.stlstm_gates_backward.default, (acts2, g, acts2, acts6, c, c)),
-        (f.mklstm_gates.default, (z, z.detach().clone().requires_grad_(), c, c)),
-        (f.mklstm_gates_backward.default, (acts2, g, acts6, c, c)),
-        (f.output_gate.default, (g.clone().requires_grad_(), g, g)),
-        (f.output_gate_backward.default, (g, acts2)),
+        (f("convlstm_gates@"), (z.requires_grad_(), c.clone().requires_grad_(), None, 0.5)),
+        (f("convlstm_gates@"), (z, c.clone().requires_grad_(), peep.requires_grad_(), 0.0)),
+        (f("convlstm_gates@_backward"), (g, g, acts4, c, c, peep.detach())),
+        (f("stlstm_gates@"), (zx.requires_grad_(), zh, zm, c, c, True)),
+        (f("stlstm_gates@_backward"), (acts2, g, acts2, acts6, c, c)),
+        (f("stlstm_gates@_backward"), (acts2, g, None, acts6, c, c)),
+        (f("mklstm_gates@"), (z, z.detach().clone().requires_grad_(), c, c)),
+        (f("mklstm_gates@_backward"), (acts2, g, acts6, c, c)),
+        (f("output_gate@"), (g.clone().requires_grad_(), g, g)),
+        (f("output_gate@_backward"), (g, acts2)),
     ]
 
 
-@pytest.mark.parametrize("i", range(9))
-def test_opcheck(i):
-    op, args = _op_samples()[i]
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("i", range(10))
+def test_opcheck(i, backend):
+    op, args = _op_samples("" if backend == "cpp" else "_triton")[i]
     torch.library.opcheck(op, args)

@@ -6,18 +6,21 @@ implementations the cells call.
 from types import SimpleNamespace
 
 from .convlstm_gates import convlstm_gates_cpp, convlstm_gates_ref, convlstm_gates_triton
-from .dual_memory_gates import (mklstm_gates_cpp, mklstm_gates_ref, stlstm_gates_cpp,
-                                stlstm_gates_ref)
-from .output_gate import output_gate_cpp, output_gate_ref
+from .dual_memory_gates import (mklstm_gates_cpp, mklstm_gates_ref, mklstm_gates_triton,
+                                stlstm_gates_cpp, stlstm_gates_ref, stlstm_gates_triton)
+from .output_gate import output_gate_cpp, output_gate_ref, output_gate_triton
 
 GATES = {
     "reference": SimpleNamespace(convlstm=convlstm_gates_ref, stlstm=stlstm_gates_ref,
                                  mklstm=mklstm_gates_ref, output=output_gate_ref),
     "cpp": SimpleNamespace(convlstm=convlstm_gates_cpp, stlstm=stlstm_gates_cpp,
                            mklstm=mklstm_gates_cpp, output=output_gate_cpp),
-    "triton": SimpleNamespace(convlstm=convlstm_gates_triton),
+    "triton": SimpleNamespace(convlstm=convlstm_gates_triton, stlstm=stlstm_gates_triton,
+                              mklstm=mklstm_gates_triton, output=output_gate_triton),
 }
 
-__all__ = ["GATES", "convlstm_gates_ref", "convlstm_gates_cpp", "convlstm_gates_triton", "stlstm_gates_ref",
-           "stlstm_gates_cpp", "mklstm_gates_ref", "mklstm_gates_cpp", "output_gate_ref",
-           "output_gate_cpp"]
+__all__ = ["GATES",
+           "convlstm_gates_ref", "convlstm_gates_cpp", "convlstm_gates_triton",
+           "stlstm_gates_ref", "stlstm_gates_cpp", "stlstm_gates_triton",
+           "mklstm_gates_ref", "mklstm_gates_cpp", "mklstm_gates_triton",
+           "output_gate_ref", "output_gate_cpp", "output_gate_triton"]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from . import _triton
 from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
 
@@ -68,4 +69,24 @@ _apply = autograd_pair("OutputGate", _forward_impl, _forward_op, _backward_impl,
 def output_gate_cpp(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
     """Fused C++ kernel; same contract as :func:`output_gate_ref`."""
     h, _ = _apply(o_partial, zo, zl)
+    return h
+
+
+# ----------------------------------------------------------------------------- Triton
+_triton_apply = autograd_pair(
+    "OutputGateTriton",
+    _triton.eager("output_gate", "forward"),
+    _triton.library_op("output_gate_triton",
+                       "(Tensor o_partial, Tensor zo, Tensor zl) -> (Tensor, Tensor)",
+                       "output_gate", "forward"),
+    _triton.eager("output_gate", "backward"),
+    _triton.library_op("output_gate_triton_backward",
+                       "(Tensor grad_h, Tensor acts) -> (Tensor, Tensor)",
+                       "output_gate", "backward"),
+    _setup_context, _backward)
+
+
+def output_gate_triton(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
+    """Fused Triton kernels; same contract as :func:`output_gate_ref`."""
+    h, _ = _triton_apply(o_partial, zo, zl)
     return h
