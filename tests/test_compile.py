@@ -4,19 +4,21 @@ import torch
 
 import fastcells as fc
 
-from .conftest import requires_cpp
+from .conftest import requires_cpp, requires_triton
 from .helpers import RTOL, assert_close, make_cells
 
-pytestmark = requires_cpp
 
-
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_cpp),
+                                     pytest.param("triton", marks=requires_triton)])
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["default", "memeff"])
 @pytest.mark.parametrize("config", ["convlstm_peephole", "stlstm", "mklstm", "convttlstm"])
-def test_fullgraph_aot_eager(config, memory_efficient):
-    """Dynamo captures the whole step, forward and backward, without a graph break."""
+def test_fullgraph_aot_eager(config, memory_efficient, backend):
+    """Dynamo captures the whole step, forward and backward, without a graph break. (In
+    interpreter mode the Triton ops are opaque custom ops; on a GPU they are triton_ops
+    that the compiler traces into: benchmarks/gpu_suite.py checks that case.)"""
     torch._dynamo.reset()
     ref, cpp = make_cells(config, [("reference", {}),
-                                   ("cpp", {"memory_efficient": memory_efficient})])
+                                   (backend, {"memory_efficient": memory_efficient})])
     x = torch.randn(2, 3, 9, 11, requires_grad=True)
     compiled = torch.compile(cpp, fullgraph=True, backend="aot_eager")
     out_c = compiled(x)[0]
@@ -28,6 +30,7 @@ def test_fullgraph_aot_eager(config, memory_efficient):
         assert_close(a, e, RTOL[torch.float32])
 
 
+@requires_cpp
 def test_inductor_compiles_a_sequence_layer():
     torch._dynamo.reset()
     layer = fc.ConvLSTM(3, 4, num_layers=2, backend="cpp")

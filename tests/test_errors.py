@@ -124,3 +124,55 @@ def test_missing_extension_auto_warns_once_and_uses_reference(no_extension):
         warnings.simplefilter("error")
         h, _, _ = cell(torch.randn(1, 3, 5, 5))  # no second warning
     assert h.shape == (1, 4, 5, 5)
+
+
+# ----------------------------------------------------------------------------- GPU backends
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        backends.check_supported("triton", torch.device("cpu"), torch.float32)
+    assert "triton" not in fc.available_backends("cpu")
+
+
+def test_gpu_backends_reject_integer_dtypes():
+    for backend in ("triton", "cuda"):
+        with pytest.raises(TypeError, match="float16, bfloat16, float32 and float64"):
+            backends.check_supported(backend, torch.device("cuda"), torch.int32)
+
+
+def test_cuda_backend_needs_cuda_tensors(monkeypatch):
+    monkeypatch.setattr(_ext, "cuda_available", lambda: True)
+    with pytest.raises(ValueError, match="runs on CUDA tensors"):
+        backends.check_supported("cuda", torch.device("cpu"), torch.float32)
+
+
+def test_missing_cuda_extension_explicit_backend_raises():
+    if _ext.cuda_available():
+        pytest.skip("the CUDA extension is built here")
+    with pytest.raises(ImportError, match="fastcells._C_cuda"):
+        fc.ConvLSTMCell(3, 4, backend="cuda")
+
+
+def test_missing_triton_explicit_backend_raises(monkeypatch):
+    monkeypatch.setattr(_ext, "triton_available", lambda: False)
+    with pytest.raises(ImportError, match="pip install triton"):
+        fc.ConvLSTMCell(3, 4, backend="triton")
+
+
+@pytest.mark.parametrize("cuda_built", [True, False])
+def test_auto_on_cuda_follows_the_per_cell_preference(monkeypatch, cuda_built):
+    """The rule of backends.AUTO_PREFERENCE, with availability simulated (no GPU here)."""
+    monkeypatch.setattr(_ext, "cuda_available", lambda: cuda_built)
+    monkeypatch.setattr(_ext, "triton_available", lambda: True)
+    cuda = torch.device("cuda")
+    for cell, preference in backends.AUTO_PREFERENCE.items():
+        expected = next(b for b in preference if cuda_built or b != "cuda")
+        assert backends.resolve("auto", cuda, torch.bfloat16, cell) == expected
+    monkeypatch.setattr(_ext, "triton_available", lambda: False)
+    expected = "cuda" if cuda_built else "reference"
+    assert backends.resolve("auto", cuda, torch.float32, "convlstm") == expected
+
+
+def test_auto_on_cpu_never_picks_the_triton_interpreter():
+    for cls in (fc.ConvLSTMCell, fc.ConvTTLSTMCell):
+        assert cls(3, 4).backend in ("cpp", "reference")
