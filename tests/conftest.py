@@ -2,9 +2,12 @@ import os
 
 import torch
 
-# Without a GPU the Triton kernels run in the interpreter, on CPU tensors. This must be set
-# before triton is first imported (fastcells imports it lazily).
-if not torch.cuda.is_available():
+# The Triton kernels are tested in the interpreter, on CPU tensors (how CI runs them, with no
+# GPU). This must be set before triton is first imported (fastcells imports it lazily).
+# FASTCELLS_GPU_TESTS=1 leaves it unset, for tests/test_gpu.py on a GPU machine
+# (benchmarks/gpu_suite.py runs that).
+GPU_TESTS = os.environ.get("FASTCELLS_GPU_TESTS", "0") == "1"
+if not GPU_TESTS:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
@@ -16,8 +19,11 @@ requires_cpp = pytest.mark.skipif(
     reason="C++ extension not built (pip install --no-build-isolation -e .)")
 
 
-requires_triton = pytest.mark.skipif(not _ext.triton_available(),
-                                     reason="triton not installed (pip install triton)")
+requires_triton = pytest.mark.skipif(
+    not (_ext.triton_available() and _ext.triton_interpreted()),
+    reason="triton not installed (pip install triton), or FASTCELLS_GPU_TESTS=1 (these tests "
+           "run Triton on CPU tensors in the interpreter; tests/test_gpu.py covers the GPU)")
+
 
 
 @pytest.fixture(autouse=True, scope="session")

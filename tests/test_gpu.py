@@ -1,0 +1,158 @@
+"""The GPU backends on a GPU: every op and cell of ``triton`` and ``cuda`` against the
+reference on CUDA tensors, torch.compile (inductor, tracing into the Triton kernels) and
+CUDA-graph capture. Needs a CUDA GPU and ``FASTCELLS_GPU_TESTS=1`` (so the Triton kernels
+are compiled, not interpreted); ``benchmarks/gpu_suite.py`` runs this file. On machines
+without a GPU the same kernels are tested in the interpreter (test_gate_ops.py,
+test_cells.py, test_compile.py).
+"""
+import pytest
+import torch
+
+import fastcells as fc
+from fastcells import _ext, backends
+from fastcells.cuda_graphs import graph_sequence
+
+from .conftest import GPU_TESTS
+from .helpers import CELL_CONFIGS, assert_close, make_cells, rel_error
+from .test_gate_ops import OPS, _flat, _fns, _inputs
+
+if not (torch.cuda.is_available() and GPU_TESTS):
+    pytest.skip("needs a CUDA GPU and FASTCELLS_GPU_TESTS=1 (benchmarks/gpu_suite.py sets it)",
+                allow_module_level=True)
+
+# cuDNN's TF32 convolutions would make the reference itself ~1e-3 off in float32.
+FP32_RTOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32():
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
+def _gpu_backends():
+    out = []
+    if _ext.triton_available():
+        out.append("triton")
+    if _ext.cuda_available():
+        out.append("cuda")
+    return out
+
+
+GPU_BACKENDS = _gpu_backends() if torch.cuda.is_available() else ["triton", "cuda"]
+
+
+def _cuda(ts):
+    return [t.detach().cuda().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor)
+            else t for t in ts]
+
+
+def _run_op(fn, xs, extra, out_grads=None):
+    outs = _flat(fn(*xs, *extra))
+    leaves = [*xs, *[e for e in extra if isinstance(e, torch.Tensor)]]
+    if out_grads is None:
+        torch.manual_seed(1)
+        out_grads = [torch.randn(o.shape, dtype=torch.float64, device=o.device) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, [g.to(o.dtype) for g, o in zip(out_grads, outs)])
+    return outs, grads, out_grads
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "channel_slice"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 9, 11), (1, 64, 64), (16, 64, 64)])
+def test_op_on_gpu(backend, name, layout, dtype, shape):
+    if backend not in _gpu_backends():
+        pytest.fail(f"backend {backend!r} is not available on this GPU machine")
+    ref, fused = _fns(name, backend)
+    b, h, w = shape
+    xs64, extra64 = _inputs(name, b, h, w, torch.float64, layout)
+    xs64, extra64 = _cuda(xs64), _cuda(extra64)
+    truth = _run_op(ref, xs64, extra64)
+
+    def cast(ts):
+        return [t.detach().to(dtype).requires_grad_() if isinstance(t, torch.Tensor) else t
+                for t in ts]
+
+    eager = _run_op(ref, cast(xs64), cast(extra64), truth[2])
+    got = _run_op(fused, cast(xs64), cast(extra64), truth[2])
+    for kind in range(2):
+        for i, (t, e, f) in enumerate(zip(truth[kind], eager[kind], got[kind])):
+            assert torch.isfinite(f).all(), f"{name} {kind} {i}: non-finite"
+            err = rel_error(f, t)
+            bound = FP32_RTOL if dtype == torch.float32 else 2 * rel_error(e, t) + 1e-6
+            assert err <= bound, f"{name} {('out', 'grad')[kind]} {i}: {err:.2e} > {bound:.2e}"
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("config", list(CELL_CONFIGS))
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_cell_on_gpu(backend, config, memory_efficient):
+    ref, cell = make_cells(config, [("reference", {}),
+                                    (backend, {"memory_efficient": memory_efficient})],
+                           spatial=(17, 23))
+    ref, cell = ref.cuda(), cell.cuda()
+    assert cell.backend == backend
+    xs = [torch.randn(3, 3, 17, 23, device="cuda", requires_grad=True) for _ in range(3)]
+    sr = sc = None
+    outs_r, outs_c = [], []
+    for x in xs:
+        sr, sc = ref(x, sr), cell(x, sc)
+        outs_r.append(sr[0])
+        outs_c.append(sc[0])
+    for a, e in zip(outs_c, outs_r):
+        assert_close(a, e, FP32_RTOL)
+    loss_r = sum((o * o).sum() for o in outs_r)
+    loss_c = sum((o * o).sum() for o in outs_c)
+    g_r = torch.autograd.grad(loss_r, [*xs, *ref.parameters()])
+    g_c = torch.autograd.grad(loss_c, [*xs, *cell.parameters()])
+    for i, (a, e) in enumerate(zip(g_c, g_r)):
+        assert_close(a, e, 1e-4, f"grad {i}")
+
+
+@pytest.mark.parametrize("config", ["convlstm", "stlstm", "mklstm", "convttlstm"])
+def test_auto_resolves_per_cell_on_gpu(config):
+    (cell,) = make_cells(config, [("auto", {})])
+    expected = next((b for b in backends.AUTO_PREFERENCE[cell.kind]
+                     if backends.supports(b, torch.device("cuda"), torch.float32)), "reference")
+    assert cell.cuda().backend == expected
+
+
+@pytest.mark.parametrize("config", ["convlstm_peephole", "stlstm", "mklstm", "convttlstm"])
+def test_inductor_traces_the_triton_kernels(config):
+    torch._dynamo.reset()
+    ref, cell = make_cells(config, [("reference", {}), ("triton", {})])
+    ref, cell = ref.cuda(), cell.cuda()
+    x = torch.randn(2, 3, 9, 11, device="cuda", requires_grad=True)
+    compiled = torch.compile(cell, fullgraph=True)
+    out_c, out_r = compiled(x)[0], ref(x)[0]
+    assert_close(out_c, out_r, FP32_RTOL)
+    g_c = torch.autograd.grad(out_c.sum(), [x, *cell.parameters()])
+    g_r = torch.autograd.grad(out_r.sum(), [x, *ref.parameters()])
+    for a, e in zip(g_c, g_r):
+        assert_close(a, e, 1e-4)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("layer_cls", [fc.ConvLSTM, fc.SpatioTemporalLSTM, fc.MKLSTM,
+                                       fc.ConvTTLSTM])
+def test_cuda_graph_sequence_matches_eager(backend, layer_cls):
+    layer = layer_cls(1, 8, num_layers=2, backend=backend).cuda()
+    eager = layer_cls(1, 8, num_layers=2, backend="reference").cuda()
+    eager.load_state_dict(layer.state_dict())
+    sample = torch.randn(2, 5, 1, 16, 16, device="cuda")
+    step = graph_sequence(layer, sample)
+    for _ in range(2):  # replays, with fresh inputs each time
+        x = torch.randn_like(sample)
+        layer.zero_grad(set_to_none=False)
+        eager.zero_grad()
+        out = step(x)
+        ref = eager(x)[0]
+        assert_close(out, ref, FP32_RTOL)
+        out.square().sum().backward()
+        ref.square().sum().backward()
+        for (name, p), q in zip(layer.named_parameters(), eager.parameters()):
+            assert_close(p.grad, q.grad, 1e-4, name)
