@@ -5,18 +5,21 @@ implementations the cells call.
 """
 from types import SimpleNamespace
 
-from .convlstm_gates import convlstm_gates_cpp, convlstm_gates_ref
-from .dual_memory_gates import (mklstm_gates_cpp, mklstm_gates_ref, stlstm_gates_cpp,
-                                stlstm_gates_ref)
-from .output_gate import output_gate_cpp, output_gate_ref
+from .convlstm_gates import convlstm_gates_cpp, convlstm_gates_cuda, convlstm_gates_ref
+from .dual_memory_gates import (mklstm_gates_cpp, mklstm_gates_cuda, mklstm_gates_ref,
+                                stlstm_gates_cpp, stlstm_gates_cuda, stlstm_gates_ref)
+from .output_gate import output_gate_cpp, output_gate_cuda, output_gate_ref
 
 GATES = {
     "reference": SimpleNamespace(convlstm=convlstm_gates_ref, stlstm=stlstm_gates_ref,
                                  mklstm=mklstm_gates_ref, output=output_gate_ref),
     "cpp": SimpleNamespace(convlstm=convlstm_gates_cpp, stlstm=stlstm_gates_cpp,
                            mklstm=mklstm_gates_cpp, output=output_gate_cpp),
+    "cuda": SimpleNamespace(convlstm=convlstm_gates_cuda, stlstm=stlstm_gates_cuda,
+                            mklstm=mklstm_gates_cuda, output=output_gate_cuda),
 }
 
 __all__ = ["GATES", "convlstm_gates_ref", "convlstm_gates_cpp", "stlstm_gates_ref",
            "stlstm_gates_cpp", "mklstm_gates_ref", "mklstm_gates_cpp", "output_gate_ref",
-           "output_gate_cpp"]
+           "output_gate_cpp",
+           "convlstm_gates_cuda", "stlstm_gates_cuda", "mklstm_gates_cuda", "output_gate_cuda"]
