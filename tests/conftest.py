@@ -25,9 +25,13 @@ def _poison_kernel_outputs():
     """Kernel outputs start NaN-filled, so an element a kernel forgets to write fails."""
     if _ext.cpp_available():
         _ext.cpp_extension().set_poison_outputs(True)
+    if _ext.cuda_available():
+        _ext.cuda_extension().set_poison_outputs(True)
     yield
     if _ext.cpp_available():
         _ext.cpp_extension().set_poison_outputs(False)
+    if _ext.cuda_available():
+        _ext.cuda_extension().set_poison_outputs(False)
 
 
 @pytest.fixture(autouse=True)
