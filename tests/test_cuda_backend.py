@@ -56,7 +56,7 @@ def _emulation_build_dir():
 
 @pytest.fixture(scope="module")
 def emulation():
-    """The host emulation extension, built once (about 30 s) and reused across runs.
+    """The host emulation extension, built once (15-40 s) and reused across runs.
 
     Its CPU kernels are also registered on the ``*_cuda`` torch.library ops (in this test
     process only), so that opcheck and fake-tensor checks run on CPU tensors."""
@@ -81,10 +81,14 @@ def emulation():
         build_directory=build_dir,
     )
     module.set_poison_outputs(True)
-    for op, impl in _CUDA_OPS:
-        if "cpu" not in op._backend_fns:
+    if not _CPU_KERNELS_REGISTERED:  # once per process: the fixture is per module
+        for op, impl in _CUDA_OPS:
             op.register_kernel("cpu")(impl)
+        _CPU_KERNELS_REGISTERED.append(True)
     return module
+
+
+_CPU_KERNELS_REGISTERED: list = []
 
 
 _CUDA_OPS = [
@@ -507,15 +511,20 @@ def test_many_elements_and_channels_on_gpu():
 
 @requires_gpu
 def test_runs_on_the_current_stream():
-    """Kernels launch on the caller's current stream: results are complete after that
-    stream is synchronized, with the default stream busy elsewhere."""
-    xs, extra = _inputs("stlstm_deltas", 2, 33, 35, torch.float32, "cuda")
-    expected = _flat(ops.stlstm_gates_ref(*xs, *extra))
+    """Kernels launch on the caller's current stream. The inputs are written on a side stream
+    after a long sleep there; a kernel launched on any other stream would read them before
+    they are written (NaN) instead of after."""
+    values, extra = _inputs("stlstm_deltas", 2, 33, 35, torch.float32, "cuda")
+    expected = _flat(ops.stlstm_gates_ref(*values, *extra))
+    xs = [torch.full_like(v, float("nan")) for v in values]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)  # ~50 ms of GPU clock cycles
+        for x, v in zip(xs, values):
+            x.copy_(v)
         out = _flat(ops.stlstm_gates_cuda(*xs, *extra))
-    side.synchronize()
+    torch.cuda.synchronize()
     for a, e in zip(out, expected):
         assert_close(a, e, RTOL[torch.float32])
 
