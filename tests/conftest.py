@@ -32,6 +32,8 @@ def _poison_kernel_outputs():
     poison = []
     if _ext.cpp_available():
         poison.append(_ext.cpp_extension().set_poison_outputs)
+    if _ext.cuda_available():
+        poison.append(_ext.cuda_extension().set_poison_outputs)
     if _ext.triton_available():
         from fastcells.kernels import layout
 

@@ -5,10 +5,12 @@ implementations the cells call.
 """
 from types import SimpleNamespace
 
-from .convlstm_gates import convlstm_gates_cpp, convlstm_gates_ref, convlstm_gates_triton
-from .dual_memory_gates import (mklstm_gates_cpp, mklstm_gates_ref, mklstm_gates_triton,
-                                stlstm_gates_cpp, stlstm_gates_ref, stlstm_gates_triton)
-from .output_gate import output_gate_cpp, output_gate_ref, output_gate_triton
+from .convlstm_gates import (convlstm_gates_cpp, convlstm_gates_cuda, convlstm_gates_ref,
+                             convlstm_gates_triton)
+from .dual_memory_gates import (mklstm_gates_cpp, mklstm_gates_cuda, mklstm_gates_ref,
+                                mklstm_gates_triton, stlstm_gates_cpp, stlstm_gates_cuda,
+                                stlstm_gates_ref, stlstm_gates_triton)
+from .output_gate import output_gate_cpp, output_gate_cuda, output_gate_ref, output_gate_triton
 
 GATES = {
     "reference": SimpleNamespace(convlstm=convlstm_gates_ref, stlstm=stlstm_gates_ref,
@@ -17,10 +19,13 @@ GATES = {
                            mklstm=mklstm_gates_cpp, output=output_gate_cpp),
     "triton": SimpleNamespace(convlstm=convlstm_gates_triton, stlstm=stlstm_gates_triton,
                               mklstm=mklstm_gates_triton, output=output_gate_triton),
+    "cuda": SimpleNamespace(convlstm=convlstm_gates_cuda, stlstm=stlstm_gates_cuda,
+                            mklstm=mklstm_gates_cuda, output=output_gate_cuda),
 }
 
 __all__ = ["GATES",
            "convlstm_gates_ref", "convlstm_gates_cpp", "convlstm_gates_triton",
-           "stlstm_gates_ref", "stlstm_gates_cpp", "stlstm_gates_triton",
-           "mklstm_gates_ref", "mklstm_gates_cpp", "mklstm_gates_triton",
-           "output_gate_ref", "output_gate_cpp", "output_gate_triton"]
+           "convlstm_gates_cuda",
+           "stlstm_gates_ref", "stlstm_gates_cpp", "stlstm_gates_triton", "stlstm_gates_cuda",
+           "mklstm_gates_ref", "mklstm_gates_cpp", "mklstm_gates_triton", "mklstm_gates_cuda",
+           "output_gate_ref", "output_gate_cpp", "output_gate_triton", "output_gate_cuda"]

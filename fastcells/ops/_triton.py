@@ -12,10 +12,29 @@ launching: shapes, strides and dtypes of the fake outputs are those of the real 
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from .. import _ext
+
+_TYPES = {"Tensor": Tensor, "Tensor?": Optional[Tensor], "float": float, "bool": bool,
+          "int": int}
+
+
+def _signature(schema: str) -> inspect.Signature:
+    """The Python signature a schema string describes: ``triton_op`` infers the op's schema
+    from its function's signature (it takes no schema string), and our launchers are
+    generic ``*args`` functions, so each op's wrapper carries this signature."""
+    args, returns = re.fullmatch(r"\((.*)\) -> \((.*)\)", schema).groups()
+    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=_TYPES[kind])
+              for kind, name in (a.strip().rsplit(" ", 1) for a in args.split(","))]
+    outs = tuple(_TYPES[r.strip()] for r in returns.split(","))
+    return inspect.Signature(params, return_annotation=tuple[outs])
 
 
 def kernels(name: str):
@@ -43,15 +62,21 @@ def _no_launch(kernel):
 def library_op(name: str, schema: str, module: str, launcher: str):
     """Registers ``fastcells.kernels.<module>.<launcher>(launch, *args)`` as the op
     ``fastcells::<name>`` with ``schema``."""
+    signature = _signature(schema)
+
     def run(launch):
-        return lambda *args: getattr(kernels(module), launcher)(launch, *args)
+        def op(*args):
+            return getattr(kernels(module), launcher)(launch, *args)
+
+        op.__signature__ = signature
+        return op
 
     qualname = f"fastcells::{name}"
     if _ext.triton_interpreted():
         op = torch.library.custom_op(qualname, run(direct), mutates_args=(), schema=schema)
         op.register_fake(run(_no_launch))
         return op
-    return torch.library.triton_op(qualname, run(_traced), mutates_args=(), schema=schema)
+    return torch.library.triton_op(qualname, run(_traced), mutates_args=())
 
 
 def eager(module: str, launcher: str):

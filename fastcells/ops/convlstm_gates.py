@@ -124,4 +124,59 @@ def convlstm_gates_triton(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] 
     if peephole is not None:
         peephole = peephole.contiguous()
     h, c, _ = _triton_apply(z, c_prev, peephole, float(forget_bias))
+
+# ----------------------------------------------------------------------------- CUDA C++
+# The kernels of csrc/cuda/ with the autograd formula above (_setup_context, _backward).
+# (Imported here so that this backend's section stays self-contained.)
+from . import _cuda
+
+
+def _cuda_forward_impl(z: Tensor, c_prev: Tensor, peephole: Tensor | None,
+                       forget_bias: float) -> tuple[Tensor, Tensor, Tensor]:
+    h, c, acts = _cuda.extension().convlstm_gates_forward(
+        _cuda.strided(z), _cuda.strided(c_prev), peephole, forget_bias, _cuda.channels_last(z))
+    return h, c, acts
+
+
+_cuda_forward_op = torch.library.custom_op("fastcells::convlstm_gates_cuda", mutates_args=(),
+                                           device_types="cuda")(_cuda_forward_impl)
+
+
+@_cuda_forward_op.register_fake
+def _(z, c_prev, peephole, forget_bias):
+    C, cl = c_prev.shape[1], _cuda.channels_last(z)
+    return (_cuda.new_output(c_prev, C, cl), _cuda.new_output(c_prev, C, cl),
+            _cuda.new_output(c_prev, 4 * C, cl))
+
+
+def _cuda_backward_impl(grad_h: Tensor, grad_c: Tensor, acts: Tensor, c_prev: Tensor, c: Tensor,
+                        peephole: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    dz, dc_prev, dpeep = _cuda.extension().convlstm_gates_backward(
+        _cuda.strided(grad_h), _cuda.strided(grad_c), _cuda.strided(acts),
+        _cuda.strided(c_prev), _cuda.strided(c), peephole, _cuda.channels_last(acts))
+    return dz, dc_prev, dpeep if dpeep is not None else acts.new_empty(0)
+
+
+_cuda_backward_op = torch.library.custom_op("fastcells::convlstm_gates_cuda_backward",
+                                            mutates_args=(),
+                                            device_types="cuda")(_cuda_backward_impl)
+
+
+@_cuda_backward_op.register_fake
+def _(grad_h, grad_c, acts, c_prev, c, peephole):
+    C, cl = c_prev.shape[1], _cuda.channels_last(acts)
+    dpeep = peephole.new_empty(peephole.shape) if peephole is not None else acts.new_empty(0)
+    return _cuda.new_output(c_prev, 4 * C, cl), _cuda.new_output(c_prev, C, cl), dpeep
+
+
+_cuda_apply = autograd_pair("ConvLSTMGatesCUDA", _cuda_forward_impl, _cuda_forward_op,
+                            _cuda_backward_impl, _cuda_backward_op, _setup_context, _backward)
+
+
+def convlstm_gates_cuda(z: Tensor, c_prev: Tensor, peephole: Tensor | None = None,
+                        forget_bias: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Fused CUDA C++ kernel; same contract as :func:`convlstm_gates_ref`."""
+    if peephole is not None:
+        peephole = peephole.contiguous()
+    h, c, _ = _cuda_apply(z, c_prev, peephole, float(forget_bias))
     return h, c

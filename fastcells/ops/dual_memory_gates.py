@@ -219,6 +219,65 @@ def stlstm_gates_triton(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_pr
     """Fused Triton kernels; same contract as :func:`stlstm_gates_ref`."""
     C = c_prev.shape[1]
     cm, o_partial, _, deltas = _stlstm_triton_apply(zx, zh, zm, c_prev, m_prev, return_deltas)
+
+# ----------------------------------------------------------------------------- CUDA C++
+# The kernels of csrc/cuda/ with the autograd formulas above (_stlstm_setup/_stlstm_backward,
+# _mklstm_setup/_mklstm_backward). (Imported here so that this backend's section stays
+# self-contained.)
+from . import _cuda
+
+
+def _stlstm_cuda_impl(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
+                      return_deltas: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    cm, o_partial, acts, deltas = _cuda.extension().stlstm_gates_forward(
+        _cuda.strided(zx), _cuda.strided(zh), _cuda.strided(zm), _cuda.strided(c_prev),
+        _cuda.strided(m_prev), return_deltas, _cuda.channels_last(zx))
+    return cm, o_partial, acts, deltas if deltas is not None else zx.new_empty(0)
+
+
+_stlstm_cuda_op = torch.library.custom_op("fastcells::stlstm_gates_cuda", mutates_args=(),
+                                          device_types="cuda")(_stlstm_cuda_impl)
+
+
+@_stlstm_cuda_op.register_fake
+def _(zx, zh, zm, c_prev, m_prev, return_deltas):
+    C, cl = c_prev.shape[1], _cuda.channels_last(zx)
+    deltas = _cuda.new_output(c_prev, 2 * C, cl) if return_deltas else zx.new_empty(0)
+    return (_cuda.new_output(c_prev, 2 * C, cl), _cuda.new_output(c_prev, C, cl),
+            _cuda.new_output(c_prev, 6 * C, cl), deltas)
+
+
+def _stlstm_cuda_backward_impl(grad_cm: Tensor, grad_o_partial: Tensor,
+                               grad_deltas: Tensor | None, acts: Tensor, c_prev: Tensor,
+                               m_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out = _cuda.extension().stlstm_gates_backward(
+        _cuda.strided(grad_cm), _cuda.strided(grad_o_partial), _cuda.optional(grad_deltas),
+        _cuda.strided(acts), _cuda.strided(c_prev), _cuda.strided(m_prev),
+        _cuda.channels_last(acts))
+    return tuple(out)
+
+
+_stlstm_cuda_backward_op = torch.library.custom_op(
+    "fastcells::stlstm_gates_cuda_backward", mutates_args=(),
+    device_types="cuda")(_stlstm_cuda_backward_impl)
+
+
+@_stlstm_cuda_backward_op.register_fake
+def _(grad_cm, grad_o_partial, grad_deltas, acts, c_prev, m_prev):
+    C, cl = c_prev.shape[1], _cuda.channels_last(acts)
+    return tuple(_cuda.new_output(c_prev, k * C, cl) for k in (7, 4, 3, 1, 1))
+
+
+_stlstm_cuda_apply = autograd_pair("STLSTMGatesCUDA", _stlstm_cuda_impl, _stlstm_cuda_op,
+                                   _stlstm_cuda_backward_impl, _stlstm_cuda_backward_op,
+                                   _stlstm_setup, _stlstm_backward)
+
+
+def stlstm_gates_cuda(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
+                      return_deltas: bool = False):
+    """Fused CUDA C++ kernel; same contract as :func:`stlstm_gates_ref`."""
+    C = c_prev.shape[1]
+    cm, o_partial, _, deltas = _stlstm_cuda_apply(zx, zh, zm, c_prev, m_prev, return_deltas)
     c, m = cm[:, :C], cm[:, C:]
     return c, m, cm, o_partial, ((deltas[:, :C], deltas[:, C:]) if return_deltas else None)
 
@@ -242,4 +301,53 @@ def mklstm_gates_triton(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor
     """Fused Triton kernels; same contract as :func:`mklstm_gates_ref`."""
     C = c1_prev.shape[1]
     cc, o_partial, _ = _mklstm_triton_apply(z1, z2, c1_prev, c2_prev)
+
+def _mklstm_cuda_impl(z1: Tensor, z2: Tensor, c1_prev: Tensor,
+                      c2_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    cc, o_partial, acts = _cuda.extension().mklstm_gates_forward(
+        _cuda.strided(z1), _cuda.strided(z2), _cuda.strided(c1_prev), _cuda.strided(c2_prev),
+        _cuda.channels_last(z1))
+    return cc, o_partial, acts
+
+
+_mklstm_cuda_op = torch.library.custom_op("fastcells::mklstm_gates_cuda", mutates_args=(),
+                                          device_types="cuda")(_mklstm_cuda_impl)
+
+
+@_mklstm_cuda_op.register_fake
+def _(z1, z2, c1_prev, c2_prev):
+    C, cl = c1_prev.shape[1], _cuda.channels_last(z1)
+    return (_cuda.new_output(c1_prev, 2 * C, cl), _cuda.new_output(c1_prev, C, cl),
+            _cuda.new_output(c1_prev, 6 * C, cl))
+
+
+def _mklstm_cuda_backward_impl(grad_cc: Tensor, grad_o_partial: Tensor, acts: Tensor,
+                               c1_prev: Tensor, c2_prev: Tensor
+                               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    out = _cuda.extension().mklstm_gates_backward(
+        _cuda.strided(grad_cc), _cuda.strided(grad_o_partial), _cuda.strided(acts),
+        _cuda.strided(c1_prev), _cuda.strided(c2_prev), _cuda.channels_last(acts))
+    return tuple(out)
+
+
+_mklstm_cuda_backward_op = torch.library.custom_op(
+    "fastcells::mklstm_gates_cuda_backward", mutates_args=(),
+    device_types="cuda")(_mklstm_cuda_backward_impl)
+
+
+@_mklstm_cuda_backward_op.register_fake
+def _(grad_cc, grad_o_partial, acts, c1_prev, c2_prev):
+    C, cl = c1_prev.shape[1], _cuda.channels_last(acts)
+    return tuple(_cuda.new_output(c1_prev, k * C, cl) for k in (4, 4, 1, 1))
+
+
+_mklstm_cuda_apply = autograd_pair("MKLSTMGatesCUDA", _mklstm_cuda_impl, _mklstm_cuda_op,
+                                   _mklstm_cuda_backward_impl, _mklstm_cuda_backward_op,
+                                   _mklstm_setup, _mklstm_backward)
+
+
+def mklstm_gates_cuda(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
+    """Fused CUDA C++ kernel; same contract as :func:`mklstm_gates_ref`."""
+    C = c1_prev.shape[1]
+    cc, o_partial, _ = _mklstm_cuda_apply(z1, z2, c1_prev, c2_prev)
     return cc[:, :C], cc[:, C:], cc, o_partial

@@ -89,4 +89,51 @@ _triton_apply = autograd_pair(
 def output_gate_triton(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
     """Fused Triton kernels; same contract as :func:`output_gate_ref`."""
     h, _ = _triton_apply(o_partial, zo, zl)
+
+# ----------------------------------------------------------------------------- CUDA C++
+# The kernels of csrc/cuda/ with the autograd formula above (_setup_context, _backward).
+# (Imported here so that this backend's section stays self-contained.)
+from . import _cuda
+
+
+def _cuda_forward_impl(o_partial: Tensor, zo: Tensor, zl: Tensor) -> tuple[Tensor, Tensor]:
+    h, acts = _cuda.extension().output_gate_forward(
+        _cuda.strided(o_partial), _cuda.strided(zo), _cuda.strided(zl), _cuda.channels_last(zl))
+    return h, acts
+
+
+_cuda_forward_op = torch.library.custom_op("fastcells::output_gate_cuda", mutates_args=(),
+                                           device_types="cuda")(_cuda_forward_impl)
+
+
+@_cuda_forward_op.register_fake
+def _(o_partial, zo, zl):
+    C, cl = zl.shape[1], _cuda.channels_last(zl)
+    return _cuda.new_output(zl, C, cl), _cuda.new_output(zl, 2 * C, cl)
+
+
+def _cuda_backward_impl(grad_h: Tensor, acts: Tensor) -> tuple[Tensor, Tensor]:
+    d_o, d_l = _cuda.extension().output_gate_backward(
+        _cuda.strided(grad_h), _cuda.strided(acts), _cuda.channels_last(acts))
+    return d_o, d_l
+
+
+_cuda_backward_op = torch.library.custom_op("fastcells::output_gate_cuda_backward",
+                                            mutates_args=(),
+                                            device_types="cuda")(_cuda_backward_impl)
+
+
+@_cuda_backward_op.register_fake
+def _(grad_h, acts):
+    C, cl = grad_h.shape[1], _cuda.channels_last(acts)
+    return _cuda.new_output(grad_h, C, cl), _cuda.new_output(grad_h, C, cl)
+
+
+_cuda_apply = autograd_pair("OutputGateCUDA", _cuda_forward_impl, _cuda_forward_op,
+                            _cuda_backward_impl, _cuda_backward_op, _setup_context, _backward)
+
+
+def output_gate_cuda(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
+    """Fused CUDA C++ kernel; same contract as :func:`output_gate_ref`."""
+    h, _ = _cuda_apply(o_partial, zo, zl)
     return h
