@@ -34,8 +34,14 @@ levels' output gradients, written once.
 Weight and bias gradients (:func:`_wgrad_kernel`) are reductions over batch and positions:
 each program (position chunk, tap, batch) accumulates ``dot(g^T[BLOCK_O, BLOCK_P],
 X_shifted[BLOCK_P, BLOCK_I])`` over its chunk and writes its own partial row; the host sums
-the rows (deterministic, no atomics), and every partial element is written (padding rows
-and columns with zeros) so NaN poisoning catches a program that skipped its work.
+the rows (deterministic, no atomics). Every partial element is written (the columns past a
+source's channels as zeros), so NaN poisoning catches a program that skipped its work.
+
+Interpreter workarounds (``INTERP_BF16``: bfloat16 tensors on CPU, i.e. under
+``TRITON_INTERPRET=1``; compiled GPU code is unaffected): the interpreter multiplies
+bfloat16 tiles in ``tl.dot`` as their raw uint16 bits, so the tiles go through float32
+first (exact: the products of a bfloat16 MMA are exact and accumulate in float32), and its
+float32 -> bfloat16 cast truncates, so the output is rounded to nearest even by hand.
 
 What is not fused (see benchmarks/NOTES.md): the levels are separate launches, v_l goes
 through global memory between them (R channels: small and L2-resident at these sizes).
@@ -56,9 +62,19 @@ MAX_SOURCES = 4
 
 # ------------------------------------------------------------------------------ kernels
 @triton.jit
+def _round_bf16(x):
+    """float32 -> bfloat16 rounded to nearest even, as ``.to(tl.bfloat16)`` does on a GPU.
+    Used in the interpreter only, whose ``.to`` truncates to bfloat16 (twice the error)
+    and whose round-to-nearest option loses the carry into odd exponents."""
+    bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+    bits = bits + (0x7FFF + ((bits >> 16) & 1))
+    return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
 def _conv_source(acc, x, sb, sc, sh, sw, cin, w, wso, wsi, wsh, wsw, b, ph, pw, pmask, co,
                  H, W, COUT, K: tl.constexpr, FLIP: tl.constexpr, PREC: tl.constexpr,
-                 UPCAST: tl.constexpr, BLOCK_CI: tl.constexpr):
+                 INTERP_BF16: tl.constexpr, BLOCK_CI: tl.constexpr):
     """acc[p, o] += sum_{tap, i} x[b, i, p + tap - K//2] * w[o, i, tap] (w flipped if FLIP).
 
     ``ph``, ``pw``, ``co`` are int64: the address arithmetic is 64-bit (large tensors), and
@@ -87,7 +103,7 @@ def _conv_source(acc, x, sb, sc, sh, sw, cin, w, wso, wsi, wsh, wsw, b, ph, pw, 
                                  other=0.0)
                 else:
                     wt = tl.load(wptr + (kh * wsh + kw * wsw), mask=wmask, other=0.0)
-                if UPCAST:  # see the module docstring
+                if INTERP_BF16:  # bfloat16 in the interpreter: module docstring
                     a = a.to(tl.float32)
                     wt = wt.to(tl.float32)
                 acc = tl.dot(a, wt, acc, input_precision=PREC)
@@ -104,7 +120,7 @@ def _conv_sum_kernel(
         x3_sb, x3_sc, x3_sh, x3_sw, c3, w3_so, w3_si, w3_sh, w3_sw,
         NUM_SRC: tl.constexpr, K: tl.constexpr, FLIP: tl.constexpr,
         HAS_BIAS0: tl.constexpr, HAS_BIAS1: tl.constexpr, READ_ACC: tl.constexpr,
-        ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+        ACC: tl.constexpr, PREC: tl.constexpr, INTERP_BF16: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
     """out[b, o] = sum_s conv(x_s[b]; w_s)[o] (+ acc_in[b, o]) (+ bias0[o]) (+ bias1[o]).
 
@@ -119,19 +135,19 @@ def _conv_sum_kernel(
     pw = p % W
     acc = tl.zeros((BLOCK_P, BLOCK_CO), ACC)
     acc = _conv_source(acc, x0, x0_sb, x0_sc, x0_sh, x0_sw, c0, w0, w0_so, w0_si, w0_sh,
-                       w0_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, UPCAST,
+                       w0_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
                        BLOCK_CI)
     if NUM_SRC > 1:
         acc = _conv_source(acc, x1, x1_sb, x1_sc, x1_sh, x1_sw, c1, w1, w1_so, w1_si, w1_sh,
-                           w1_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, UPCAST,
+                           w1_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
                            BLOCK_CI)
     if NUM_SRC > 2:
         acc = _conv_source(acc, x2, x2_sb, x2_sc, x2_sh, x2_sw, c2, w2, w2_so, w2_si, w2_sh,
-                           w2_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, UPCAST,
+                           w2_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
                            BLOCK_CI)
     if NUM_SRC > 3:
         acc = _conv_source(acc, x3, x3_sb, x3_sc, x3_sh, x3_sw, c3, w3, w3_so, w3_si, w3_sh,
-                           w3_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, UPCAST,
+                           w3_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
                            BLOCK_CI)
     omask = pmask[:, None] & (co < COUT)[None, :]
     if READ_ACC:
@@ -142,7 +158,10 @@ def _conv_sum_kernel(
     if HAS_BIAS1:
         acc += tl.load(bias1 + co, mask=co < COUT, other=0.0).to(ACC)[None, :]
     dst = out + b * o_sb + co[None, :] * o_sc + ph[:, None] * o_sh + pw[:, None] * o_sw
-    tl.store(dst, acc.to(out.dtype.element_ty), mask=omask)
+    if INTERP_BF16:
+        tl.store(dst, _round_bf16(acc), mask=omask)
+    else:
+        tl.store(dst, acc.to(out.dtype.element_ty), mask=omask)
 
 
 @triton.jit
@@ -153,7 +172,7 @@ def _wgrad_kernel(
         x2_sb, x2_sc, x2_sh, x2_sw, c2, x3_sb, x3_sc, x3_sh, x3_sw, c3,
         pt_row, pt_src, pt_tap, pt_o,
         NUM_SRC: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
-        PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_P: tl.constexpr,
+        PREC: tl.constexpr, INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr,
         BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr):
     """Partial weight gradients: part[row, s, tap, o, i] = sum over the row's positions p of
     g[b, o, p] * x_s[b, i, p + tap - K//2] (zero for i >= Cin_s), row = b * N_CHUNKS +
@@ -189,35 +208,35 @@ def _wgrad_kernel(
                 pw = p % W
                 gt = tl.load(go + (ph * g_sh + pw * g_sw)[None, :],
                              mask=omask[:, None] & pmask[None, :], other=0.0)
-                if UPCAST:  # see the module docstring
+                if INTERP_BF16:  # bfloat16 in the interpreter: module docstring
                     gt = gt.to(tl.float32)
                 hh = ph + dh
                 ww = pw + dw
                 valid = (pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W))[:, None]
                 xt = tl.load(x0 + (b * x0_sb + hh * x0_sh + ww * x0_sw)[:, None]
                              + i[None, :] * x0_sc, mask=valid & (i < c0)[None, :], other=0.0)
-                if UPCAST:
+                if INTERP_BF16:
                     xt = xt.to(tl.float32)
                 acc0 = tl.dot(gt, xt, acc0, input_precision=PREC)
                 if NUM_SRC > 1:
                     xt = tl.load(x1 + (b * x1_sb + hh * x1_sh + ww * x1_sw)[:, None]
                                  + i[None, :] * x1_sc, mask=valid & (i < c1)[None, :],
                                  other=0.0)
-                    if UPCAST:
+                    if INTERP_BF16:
                         xt = xt.to(tl.float32)
                     acc1 = tl.dot(gt, xt, acc1, input_precision=PREC)
                 if NUM_SRC > 2:
                     xt = tl.load(x2 + (b * x2_sb + hh * x2_sh + ww * x2_sw)[:, None]
                                  + i[None, :] * x2_sc, mask=valid & (i < c2)[None, :],
                                  other=0.0)
-                    if UPCAST:
+                    if INTERP_BF16:
                         xt = xt.to(tl.float32)
                     acc2 = tl.dot(gt, xt, acc2, input_precision=PREC)
                 if NUM_SRC > 3:
                     xt = tl.load(x3 + (b * x3_sb + hh * x3_sh + ww * x3_sw)[:, None]
                                  + i[None, :] * x3_sc, mask=valid & (i < c3)[None, :],
                                  other=0.0)
-                    if UPCAST:
+                    if INTERP_BF16:
                         xt = xt.to(tl.float32)
                     acc3 = tl.dot(gt, xt, acc3, input_precision=PREC)
             offs = o[:, None] * pt_o + i[None, :]
@@ -258,7 +277,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _upcast(t: torch.Tensor) -> bool:
+def _interp_bf16(t: torch.Tensor) -> bool:
     return t.dtype == torch.bfloat16 and t.device.type == "cpu"  # the interpreter
 
 
@@ -310,7 +329,7 @@ def conv_sum(launch, sources, out: torch.Tensor, biases=(), flip: bool = False) 
             H, W, cout, *dst.stride(), *args,
             NUM_SRC=len(group), K=K, FLIP=flip, HAS_BIAS0=len(bias) > 0,
             HAS_BIAS1=len(bias) > 1, READ_ACC=n > 0, ACC=acc_tl,
-            PREC=_precision(out.dtype), UPCAST=_upcast(out), BLOCK_P=bp, BLOCK_CI=bci,
+            PREC=_precision(out.dtype), INTERP_BF16=_interp_bf16(out), BLOCK_P=bp, BLOCK_CI=bci,
             BLOCK_CO=bco)
     return out
 
@@ -354,7 +373,7 @@ def weight_grads(launch, g: torch.Tensor, sources, kernel_size: int, bias: bool)
                 part, bias_part, g, *padded, H, W, cout, i_max, iters, chunks, *g.stride(),
                 *args, *part.stride()[:4],
                 NUM_SRC=len(group), K=K, HAS_BIAS=with_bias, ACC=acc_tl,
-                PREC=_precision(g.dtype), UPCAST=_upcast(g), BLOCK_P=bp, BLOCK_O=bo,
+                PREC=_precision(g.dtype), INTERP_BF16=_interp_bf16(g), BLOCK_P=bp, BLOCK_O=bo,
                 BLOCK_I=bi)
         total = part.sum(0)  # (S, K*K, Cout, I_MAX)
         for s, x in enumerate(group):
