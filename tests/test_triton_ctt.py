@@ -147,20 +147,34 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
 
 
-def test_only_needed_gradients():
-    """States that need no gradient get None (their launches are skipped), frozen weights
-    too; the others still equal the reference."""
+@pytest.mark.parametrize("frozen", ["weights", "p_biases"])
+def test_only_needed_gradients(frozen, monkeypatch):
+    """States that need no gradient get none (their launches are skipped), nor do frozen
+    weights; the others still equal the reference (eager Function and torch.library op)."""
+    from fastcells.kernels import ctt
+    launches = []
+    for name in ("conv_sum", "weight_grads"):
+        def counted(*args, _fn=getattr(ctt, name), _name=name, **kwargs):
+            launches.append(_name)
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(ctt, name, counted)
     history, pw, pb, gw, gb = _chain(1, 2, 3, (3, 5), 3, 4, 2, torch.float64)
-    for t in [history[0], history[3], *pw, *pb, *gw, *gb]:
+    for t in [history[0], history[3], *pb, *((*pw, *gw, *gb) if frozen == "weights" else ())]:
         t.requires_grad_(False)
-    wanted = [history[1], history[2]]
+    wanted = [t for t in (*history, *pw, *pb, *gw, *gb) if t.requires_grad]
     grad = torch.randn(1, 3, 3, 5, dtype=torch.float64)
     head = 2  # storage order differs from logical order
-    ours = torch.autograd.grad(ctt_chain_triton(history, pw, pb, gw, gb, head=head), wanted,
-                               grad)
     ref = torch.autograd.grad(ctt_chain_ref(history, pw, pb, gw, gb, head=head), wanted, grad)
-    for a, e in zip(ours, ref):
-        assert_close(a, e, RTOL[torch.float64])
+    outs = [ctt_chain_triton(history, pw, pb, gw, gb, head=head),
+            torch.ops.fastcells.ctt_chain_triton(history, head, pw, pb, gw, gb)[-1]]
+    for out in outs:
+        launches.clear()
+        got = torch.autograd.grad(out, wanted, grad)
+        for a, e in zip(got, ref):
+            assert_close(a, e, RTOL[torch.float64])
+        # g_0 from g_1, then 2 of the 4 states; the weight gradients: one call per level
+        weight_calls = 0 if frozen == "weights" else 2
+        assert launches == ["conv_sum"] * 3 + ["weight_grads"] * weight_calls
 
 
 def test_opcheck():
@@ -182,6 +196,8 @@ def test_bad_arguments():
         ctt_chain_triton(history, pw, pb, [], gb)
     with pytest.raises(ValueError, match="p_biases"):
         ctt_chain_triton(history, pw, [pb[0], None], gw, gb)
+    with pytest.raises(TypeError, match="every tensor"):
+        ctt_chain_triton(history, [w.double() for w in pw], pb, gw, gb)
 
 
 # ------------------------------------------------------------------------- cell and layer

@@ -97,22 +97,23 @@ def _save(ctx, history, head, p_weights, g_weights, p_bias: bool, g_bias: bool, 
     ctx.save_for_backward(*history, *vs[:-1], *p_weights, *g_weights)
 
 
-def _gradients(ctx, grad, need_history, need_weights: bool, kernel):
-    """``(d_history, d_p_weights, d_p_biases, d_g_weights, d_g_biases)``, lists with None
-    where no gradient is needed (or none reached v_{N-1})."""
+def _gradients(ctx, grad, needs, kernel):
+    """``(d_history, d_p_weights, d_p_biases, d_g_weights, d_g_biases)``: lists like the
+    inputs, with None where ``needs`` (flags in the same five lists) asks for no gradient
+    or none reached v_{N-1}. The kernels compute the weight gradients of a level together
+    (one launch), so they run when any weight or bias needs a gradient."""
     m, n, head, p_bias, g_bias = ctx.layout
     saved = ctx.saved_tensors
     history, vs = saved[:m], saved[m:m + n - 1]
     p_weights, g_weights = saved[m + n - 1:m + 2 * n - 1], saved[m + 2 * n - 1:]
-    nones = ([None] * m, [None] * n, [None] * (n if p_bias else 0), [None] * (n - 1),
-             [None] * (n - 1 if g_bias else 0))
+    need_history, need_weights = list(needs[0]), any(any(flags) for flags in needs[1:])
     if grad is None or not (any(need_history) or need_weights):
-        return nones
+        return tuple([None] * len(flags) for flags in needs)
     out = kernel(grad, list(history), head, list(vs), list(p_weights), list(g_weights),
-                 p_bias, g_bias, list(need_history), need_weights)
+                 p_bias, g_bias, need_history, need_weights)
     # The kernels return empty tensors for what was not asked (ops cannot return None).
-    dh = [g if need else None for g, need in zip(out[0], need_history)]
-    return (dh, *([g if need_weights else None for g in grads] for grads in out[1:]))
+    return tuple([g if need else None for g, need in zip(grads, flags)]
+                 for grads, flags in zip(out, needs))
 
 
 # torch.library op (torch.compile traces it; GPU: triton_op with its kernels visible)
@@ -123,10 +124,8 @@ def _op_setup_context(ctx, inputs, output):
 
 
 def _op_backward(ctx, grads):
-    need = ctx.needs_input_grad
-    need_weights = any(any(flags) for flags in (need[2], need[3], need[4], need[5]))
-    dh, dpw, dpb, dgw, dgb = _gradients(ctx, grads[-1], list(need[0]), need_weights,
-                                        _backward_op)
+    need = ctx.needs_input_grad  # a list of flags per list input
+    dh, dpw, dpb, dgw, dgb = _gradients(ctx, grads[-1], (need[0], *need[2:]), _backward_op)
     return dh, None, dpw, dpb, dgw, dgb
 
 
@@ -152,9 +151,9 @@ class CTTChainTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        m = ctx.layout[0]
-        need = ctx.needs_input_grad[2:]
-        grads = _gradients(ctx, grads[-1], list(need[:m]), any(need[m:]), _backward_eager)
+        m, n, _, p_bias, g_bias = ctx.layout
+        needs = _split(ctx.needs_input_grad[2:], (m, n, p_bias, g_bias))
+        grads = _gradients(ctx, grads[-1], needs, _backward_eager)
         return (None, None, *[g for group in grads for g in group])
 
 
@@ -190,6 +189,11 @@ def ctt_chain_triton(history: Sequence[Tensor], p_weights: Sequence[Tensor],
     n = len(p_weights)
     history, p_weights, g_weights = list(history), list(p_weights), list(g_weights)
     pb, gb = _biases(p_biases, n, "p_biases"), _biases(g_biases, n - 1, "g_biases")
+    first = history[0]
+    for t in (*history, *p_weights, *pb, *g_weights, *gb):
+        if t.dtype != first.dtype or t.device != first.device:
+            raise TypeError(f"ctt_chain_triton: every tensor must be {first.dtype} on "
+                            f"{first.device} like history[0], got {t.dtype} on {t.device}")
     head = int(head) % len(history)
     if torch.compiler.is_compiling():
         return _forward_op(history, head, p_weights, pb, g_weights, gb)[-1]
