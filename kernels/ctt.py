@@ -9,12 +9,12 @@ the D window states are D separate tensors, read where they lie, never concatena
 
 Every convolution here is one *multi-source* kernel, :func:`_conv_sum_kernel`: an implicit
 GEMM whose program owns an output tile [BLOCK_P positions x BLOCK_CO channels] in
-registers and accumulates, over sources, kernel taps and input-channel chunks,
-``tl.dot(X[BLOCK_P, BLOCK_CI], W[BLOCK_CI, BLOCK_CO])`` with masked (zero) halo loads. The
-tile then gets the biases added and is written once. Each source is a (tensor, weight)
-pair with its own strides, so the D history states (in any layout: contiguous,
-channels_last, channel slices, other strides) and v_{l-1} are read in place, each once
-per level (its K*K shifted reads hit the cache), and v_l is written once.
+registers and accumulates, over sources and chunks of the flattened reduction index
+r = tap * Cin + channel, ``tl.dot(X[BLOCK_P, BLOCK_R], W[BLOCK_R, BLOCK_CO])`` with masked
+(zero) halo loads. The tile then gets the biases added and is written once. Each source is
+a (tensor, weight) pair with its own strides, so the D history states (in any layout:
+contiguous, channels_last, channel slices, other strides) and v_{l-1} are read in place,
+each once per level (its K*K shifted reads hit the cache), and v_l is written once.
 
 Why a fixed number of source pointers (``MAX_SOURCES``): a Triton kernel has a fixed
 signature. Pointers relative to one base tensor would work on a GPU but hide the other
@@ -31,11 +31,12 @@ convolution's input is the convolution of its output gradient with the weight tr
 state h_j appears in up to min(N, D) levels, so its gradient is one launch over those
 levels' output gradients, written once.
 
-Weight and bias gradients (:func:`_wgrad_kernel`) are reductions over batch and positions:
-each program (position chunk, tap, batch) accumulates ``dot(g^T[BLOCK_O, BLOCK_P],
-X_shifted[BLOCK_P, BLOCK_I])`` over its chunk and writes its own partial row; the host sums
-the rows (deterministic, no atomics). Every partial element is written (the columns past a
-source's channels as zeros), so NaN poisoning catches a program that skipped its work.
+Weight and bias gradients (:func:`_wgrad_kernel`) are reductions over batch and positions,
+a GEMM ``dW[o, (tap, i)] = g^T[o, p] @ X_shifted[p, (tap, i)]``: each program (position
+chunk, block of (tap, channel) columns, batch) accumulates over its chunk and writes its
+own partial row; the host sums the rows (deterministic, no atomics). Every partial element
+is written (the columns past a source's K*K*Cin as zeros), so NaN poisoning catches a
+program that skipped its work.
 
 Interpreter workarounds (``INTERP_BF16``: bfloat16 tensors on CPU, i.e. under
 ``TRITON_INTERPRET=1``; compiled GPU code is unaffected): the interpreter multiplies
@@ -74,39 +75,39 @@ def _round_bf16(x):
 @triton.jit
 def _conv_source(acc, x, sb, sc, sh, sw, cin, w, wso, wsi, wsh, wsw, b, ph, pw, pmask, co,
                  H, W, COUT, K: tl.constexpr, FLIP: tl.constexpr, PREC: tl.constexpr,
-                 INTERP_BF16: tl.constexpr, BLOCK_CI: tl.constexpr):
+                 INTERP_BF16: tl.constexpr, BLOCK_R: tl.constexpr):
     """acc[p, o] += sum_{tap, i} x[b, i, p + tap - K//2] * w[o, i, tap] (w flipped if FLIP).
 
-    ``ph``, ``pw``, ``co`` are int64: the address arithmetic is 64-bit (large tensors), and
-    the interpreter's overflow checks of 32-bit arithmetic (several numpy ops per
-    operation) stay out of the loop."""
+    The reduction runs over the flattened index r = tap * cin + i (K*K*cin of them) in
+    chunks of BLOCK_R: with few channels (R = 8, or C = 3..8) one MMA covers several taps
+    instead of padding each tap's channels to the MMA's minimum of 16, and the interpreter
+    runs K*K*cin / BLOCK_R iterations rather than K*K. ``ph``, ``pw``, ``co`` are int64: the
+    address arithmetic is 64-bit (large tensors), and the interpreter's overflow checks of
+    32-bit arithmetic (several numpy ops per operation) stay out of the loop."""
     xb = x + b * sb
-    comask = co < COUT
-    wco = co[None, :] * wso
-    for c0 in range(0, cin, BLOCK_CI):
-        ci = c0 + tl.arange(0, BLOCK_CI).to(tl.int64)
-        cmask = ci < cin
-        xc = ci[None, :] * sc  # [1, BLOCK_CI]
-        wptr = w + ci[:, None] * wsi + wco  # [BLOCK_CI, BLOCK_CO] pointers of tap (0, 0)
-        wmask = cmask[:, None] & comask[None, :]
-        for kh in range(K):
-            hh = ph + (kh - K // 2)
-            hvalid = pmask & (hh >= 0) & (hh < H)
-            xrow = xb + hh * sh
-            for kw in range(K):
-                ww = pw + (kw - K // 2)
-                valid = hvalid & (ww >= 0) & (ww < W)
-                a = tl.load((xrow + ww * sw)[:, None] + xc,
-                            mask=valid[:, None] & cmask[None, :], other=0.0)
-                if FLIP:
-                    wt = tl.load(wptr + ((K - 1 - kh) * wsh + (K - 1 - kw) * wsw), mask=wmask,
-                                 other=0.0)
-                else:
-                    wt = tl.load(wptr + (kh * wsh + kw * wsw), mask=wmask, other=0.0)
-                if INTERP_BF16:  # bfloat16 in the interpreter: module docstring
-                    a = a.to(tl.float32)
-                    wt = wt.to(tl.float32)
-                acc = tl.dot(a, wt, acc, input_precision=PREC)
+    wco = w + co[None, :] * wso  # [1, BLOCK_CO] pointers
+    comask = (co < COUT)[None, :]
+    n_red = K * K * cin
+    for r0 in range(0, n_red, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        rmask = r < n_red
+        tap = r // cin
+        ci = r - tap * cin
+        th = tap // K
+        tw = tap - th * K
+        hh = ph[:, None] + (th - K // 2)[None, :]  # [BLOCK_P, BLOCK_R]
+        ww = pw[:, None] + (tw - K // 2)[None, :]
+        valid = pmask[:, None] & rmask[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        a = tl.load(xb + hh * sh + ww * sw + (ci * sc)[None, :], mask=valid, other=0.0)
+        if FLIP:
+            th = K - 1 - th
+            tw = K - 1 - tw
+        wt = tl.load(wco + (ci * wsi + th * wsh + tw * wsw)[:, None],
+                     mask=rmask[:, None] & comask, other=0.0)  # [BLOCK_R, BLOCK_CO]
+        if INTERP_BF16:  # bfloat16 in the interpreter: module docstring
+            a = a.to(tl.float32)
+            wt = wt.to(tl.float32)
+        acc = tl.dot(a, wt, acc, input_precision=PREC)
     return acc
 
 
@@ -121,7 +122,7 @@ def _conv_sum_kernel(
         NUM_SRC: tl.constexpr, K: tl.constexpr, FLIP: tl.constexpr,
         HAS_BIAS0: tl.constexpr, HAS_BIAS1: tl.constexpr, READ_ACC: tl.constexpr,
         ACC: tl.constexpr, PREC: tl.constexpr, INTERP_BF16: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
+        BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_CO: tl.constexpr):
     """out[b, o] = sum_s conv(x_s[b]; w_s)[o] (+ acc_in[b, o]) (+ bias0[o]) (+ bias1[o]).
 
     Grid (position blocks, output-channel blocks, batch). ``acc_in`` is a contiguous
@@ -136,19 +137,19 @@ def _conv_sum_kernel(
     acc = tl.zeros((BLOCK_P, BLOCK_CO), ACC)
     acc = _conv_source(acc, x0, x0_sb, x0_sc, x0_sh, x0_sw, c0, w0, w0_so, w0_si, w0_sh,
                        w0_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
-                       BLOCK_CI)
+                       BLOCK_R)
     if NUM_SRC > 1:
         acc = _conv_source(acc, x1, x1_sb, x1_sc, x1_sh, x1_sw, c1, w1, w1_so, w1_si, w1_sh,
-                           w1_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
-                           BLOCK_CI)
+                           w1_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC,
+                           INTERP_BF16, BLOCK_R)
     if NUM_SRC > 2:
         acc = _conv_source(acc, x2, x2_sb, x2_sc, x2_sh, x2_sw, c2, w2, w2_so, w2_si, w2_sh,
-                           w2_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
-                           BLOCK_CI)
+                           w2_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC,
+                           INTERP_BF16, BLOCK_R)
     if NUM_SRC > 3:
         acc = _conv_source(acc, x3, x3_sb, x3_sc, x3_sh, x3_sw, c3, w3, w3_so, w3_si, w3_sh,
-                           w3_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
-                           BLOCK_CI)
+                           w3_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC,
+                           INTERP_BF16, BLOCK_R)
     omask = pmask[:, None] & (co < COUT)[None, :]
     if READ_ACC:
         acc += tl.load(acc_in + (b * COUT + co[None, :]) * P + p[:, None], mask=omask,
@@ -166,90 +167,117 @@ def _conv_sum_kernel(
 
 @triton.jit
 def _wgrad_kernel(
-        part, bias_part, g, x0, x1, x2, x3, H, W, COUT, I_MAX, ITERS, N_CHUNKS,
+        part, bias_part, g, x0, x1, x2, x3, H, W, COUT, NCOL, ITERS, N_CHUNKS,
         g_sb, g_sc, g_sh, g_sw,
         x0_sb, x0_sc, x0_sh, x0_sw, c0, x1_sb, x1_sc, x1_sh, x1_sw, c1,
         x2_sb, x2_sc, x2_sh, x2_sw, c2, x3_sb, x3_sc, x3_sh, x3_sw, c3,
-        pt_row, pt_src, pt_tap, pt_o,
+        pt_row, pt_src, pt_o,
         NUM_SRC: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
         PREC: tl.constexpr, INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr,
-        BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr):
-    """Partial weight gradients: part[row, s, tap, o, i] = sum over the row's positions p of
-    g[b, o, p] * x_s[b, i, p + tap - K//2] (zero for i >= Cin_s), row = b * N_CHUNKS +
-    chunk; bias_part[row, o] = sum of g[b, o, p] over the row's positions (written by the
-    tap-0 programs).
+        BLOCK_O: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Partial weight gradients as a GEMM over the flattened columns col = tap * Cin_s + i:
+    part[row, s, o, col] = sum over the row's positions p of g[b, o, p] * x_s[b, i, p +
+    tap - K//2] for col < K*K*Cin_s and 0 up to NCOL, row = b * N_CHUNKS + chunk;
+    bias_part[row, o] = sum of g[b, o, p] over the row's positions (column block 0).
 
-    Grid (position chunks of ITERS * BLOCK_P, K*K taps, batch). Per position block, the
-    g tile and the shifted positions are computed once for all sources (one accumulator
-    per source, NUM_SRC <= 4 unrolled at compile time); the source blocks are inlined
-    rather than a helper because the interpreter pays a fixed cost per helper call."""
+    Grid (position chunks of ITERS * BLOCK_P, column blocks of BLOCK_T, batch). Per
+    position block the g tile is loaded once for all sources (one accumulator per source,
+    NUM_SRC <= 4 unrolled at compile time); the source blocks are inlined rather than a
+    helper because the interpreter pays a fixed cost per helper call."""
     chunk = tl.program_id(0).to(tl.int64)
-    tap = tl.program_id(1).to(tl.int64)
+    cb = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     row = b * N_CHUNKS + chunk
-    dh = tap // K - K // 2
-    dw = tap % K - K // 2
     P = H * W
-    dst = part + row * pt_row + tap * pt_tap
+    col = cb * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
+    # Per source: the column's tap offset (dh, dw), channel offset and validity.
+    t0 = col // c0
+    dh0 = (t0 // K - K // 2)[None, :]
+    dw0 = (t0 % K - K // 2)[None, :]
+    xc0 = x0 + b * x0_sb + ((col - t0 * c0) * x0_sc)[None, :]
+    cv0 = (col < K * K * c0)[None, :]
+    if NUM_SRC > 1:
+        t1 = col // c1
+        dh1 = (t1 // K - K // 2)[None, :]
+        dw1 = (t1 % K - K // 2)[None, :]
+        xc1 = x1 + b * x1_sb + ((col - t1 * c1) * x1_sc)[None, :]
+        cv1 = (col < K * K * c1)[None, :]
+    if NUM_SRC > 2:
+        t2 = col // c2
+        dh2 = (t2 // K - K // 2)[None, :]
+        dw2 = (t2 % K - K // 2)[None, :]
+        xc2 = x2 + b * x2_sb + ((col - t2 * c2) * x2_sc)[None, :]
+        cv2 = (col < K * K * c2)[None, :]
+    if NUM_SRC > 3:
+        t3 = col // c3
+        dh3 = (t3 // K - K // 2)[None, :]
+        dw3 = (t3 % K - K // 2)[None, :]
+        xc3 = x3 + b * x3_sb + ((col - t3 * c3) * x3_sc)[None, :]
+        cv3 = (col < K * K * c3)[None, :]
+    dst = part + row * pt_row
     for o0 in range(0, COUT, BLOCK_O):
         o = o0 + tl.arange(0, BLOCK_O).to(tl.int64)
         omask = o < COUT
         go = g + b * g_sb + o[:, None] * g_sc  # [BLOCK_O, 1]
-        for i0 in range(0, I_MAX, BLOCK_I):
-            i = i0 + tl.arange(0, BLOCK_I).to(tl.int64)
-            acc0 = tl.zeros((BLOCK_O, BLOCK_I), ACC)
-            acc1 = tl.zeros((BLOCK_O, BLOCK_I), ACC)
-            acc2 = tl.zeros((BLOCK_O, BLOCK_I), ACC)
-            acc3 = tl.zeros((BLOCK_O, BLOCK_I), ACC)
-            for it in range(ITERS):
-                p = (chunk * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-                pmask = p < P
-                ph = p // W
-                pw = p % W
-                gt = tl.load(go + (ph * g_sh + pw * g_sw)[None, :],
-                             mask=omask[:, None] & pmask[None, :], other=0.0)
-                if INTERP_BF16:  # bfloat16 in the interpreter: module docstring
-                    gt = gt.to(tl.float32)
-                hh = ph + dh
-                ww = pw + dw
-                valid = (pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W))[:, None]
-                xt = tl.load(x0 + (b * x0_sb + hh * x0_sh + ww * x0_sw)[:, None]
-                             + i[None, :] * x0_sc, mask=valid & (i < c0)[None, :], other=0.0)
+        acc0 = tl.zeros((BLOCK_O, BLOCK_T), ACC)
+        acc1 = tl.zeros((BLOCK_O, BLOCK_T), ACC)
+        acc2 = tl.zeros((BLOCK_O, BLOCK_T), ACC)
+        acc3 = tl.zeros((BLOCK_O, BLOCK_T), ACC)
+        for it in range(ITERS):
+            p = (chunk * ITERS + it) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+            pmask = p < P
+            ph = (p // W)[:, None]
+            pw = (p % W)[:, None]
+            gt = tl.load(go + (ph * g_sh + pw * g_sw).reshape(1, BLOCK_P),
+                         mask=omask[:, None] & pmask[None, :], other=0.0)
+            if INTERP_BF16:  # bfloat16 in the interpreter: module docstring
+                gt = gt.to(tl.float32)
+            pm = pmask[:, None]
+            hh = ph + dh0
+            ww = pw + dw0
+            xt = tl.load(xc0 + hh * x0_sh + ww * x0_sw,
+                         mask=pm & cv0 & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W), other=0.0)
+            if INTERP_BF16:
+                xt = xt.to(tl.float32)
+            acc0 = tl.dot(gt, xt, acc0, input_precision=PREC)
+            if NUM_SRC > 1:
+                hh = ph + dh1
+                ww = pw + dw1
+                xt = tl.load(xc1 + hh * x1_sh + ww * x1_sw,
+                             mask=pm & cv1 & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W),
+                             other=0.0)
                 if INTERP_BF16:
                     xt = xt.to(tl.float32)
-                acc0 = tl.dot(gt, xt, acc0, input_precision=PREC)
-                if NUM_SRC > 1:
-                    xt = tl.load(x1 + (b * x1_sb + hh * x1_sh + ww * x1_sw)[:, None]
-                                 + i[None, :] * x1_sc, mask=valid & (i < c1)[None, :],
-                                 other=0.0)
-                    if INTERP_BF16:
-                        xt = xt.to(tl.float32)
-                    acc1 = tl.dot(gt, xt, acc1, input_precision=PREC)
-                if NUM_SRC > 2:
-                    xt = tl.load(x2 + (b * x2_sb + hh * x2_sh + ww * x2_sw)[:, None]
-                                 + i[None, :] * x2_sc, mask=valid & (i < c2)[None, :],
-                                 other=0.0)
-                    if INTERP_BF16:
-                        xt = xt.to(tl.float32)
-                    acc2 = tl.dot(gt, xt, acc2, input_precision=PREC)
-                if NUM_SRC > 3:
-                    xt = tl.load(x3 + (b * x3_sb + hh * x3_sh + ww * x3_sw)[:, None]
-                                 + i[None, :] * x3_sc, mask=valid & (i < c3)[None, :],
-                                 other=0.0)
-                    if INTERP_BF16:
-                        xt = xt.to(tl.float32)
-                    acc3 = tl.dot(gt, xt, acc3, input_precision=PREC)
-            offs = o[:, None] * pt_o + i[None, :]
-            smask = omask[:, None] & (i < I_MAX)[None, :]
-            tl.store(dst + offs, acc0, mask=smask)
-            if NUM_SRC > 1:
-                tl.store(dst + pt_src + offs, acc1, mask=smask)
+                acc1 = tl.dot(gt, xt, acc1, input_precision=PREC)
             if NUM_SRC > 2:
-                tl.store(dst + 2 * pt_src + offs, acc2, mask=smask)
+                hh = ph + dh2
+                ww = pw + dw2
+                xt = tl.load(xc2 + hh * x2_sh + ww * x2_sw,
+                             mask=pm & cv2 & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W),
+                             other=0.0)
+                if INTERP_BF16:
+                    xt = xt.to(tl.float32)
+                acc2 = tl.dot(gt, xt, acc2, input_precision=PREC)
             if NUM_SRC > 3:
-                tl.store(dst + 3 * pt_src + offs, acc3, mask=smask)
+                hh = ph + dh3
+                ww = pw + dw3
+                xt = tl.load(xc3 + hh * x3_sh + ww * x3_sw,
+                             mask=pm & cv3 & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W),
+                             other=0.0)
+                if INTERP_BF16:
+                    xt = xt.to(tl.float32)
+                acc3 = tl.dot(gt, xt, acc3, input_precision=PREC)
+        offs = o[:, None] * pt_o + col[None, :]
+        smask = omask[:, None] & (col < NCOL)[None, :]
+        tl.store(dst + offs, acc0, mask=smask)
+        if NUM_SRC > 1:
+            tl.store(dst + pt_src + offs, acc1, mask=smask)
+        if NUM_SRC > 2:
+            tl.store(dst + 2 * pt_src + offs, acc2, mask=smask)
+        if NUM_SRC > 3:
+            tl.store(dst + 3 * pt_src + offs, acc3, mask=smask)
     if HAS_BIAS:
-        if tap == 0:
+        if cb == 0:
             for o0 in range(0, COUT, BLOCK_O):
                 o = o0 + tl.arange(0, BLOCK_O).to(tl.int64)
                 omask = o < COUT
@@ -309,7 +337,8 @@ def conv_sum(launch, sources, out: torch.Tensor, biases=(), flip: bool = False) 
     acc_tl, acc_torch = _acc(out.dtype)
     bp = _pow2(P, 16, 64)
     bco = _pow2(cout, 16, 64)
-    bci = _pow2(max(x.shape[1] for x, _ in sources), 16, 32)
+    # reduction chunk over (tap, channel): 32, or 16 for a 1x1 kernel over few channels
+    br = _pow2(K * K * max(x.shape[1] for x, _ in sources), 16, 32)
     grid = (triton.cdiv(P, bp), triton.cdiv(cout, bco), B)
     groups = [sources[i:i + MAX_SOURCES] for i in range(0, len(sources), MAX_SOURCES)]
     scratch = None
@@ -329,7 +358,7 @@ def conv_sum(launch, sources, out: torch.Tensor, biases=(), flip: bool = False) 
             H, W, cout, *dst.stride(), *args,
             NUM_SRC=len(group), K=K, FLIP=flip, HAS_BIAS0=len(bias) > 0,
             HAS_BIAS1=len(bias) > 1, READ_ACC=n > 0, ACC=acc_tl,
-            PREC=_precision(out.dtype), INTERP_BF16=_interp_bf16(out), BLOCK_P=bp, BLOCK_CI=bci,
+            PREC=_precision(out.dtype), INTERP_BF16=_interp_bf16(out), BLOCK_P=bp, BLOCK_R=br,
             BLOCK_CO=bco)
     return out
 
@@ -350,8 +379,8 @@ def weight_grads(launch, g: torch.Tensor, sources, kernel_size: int, bias: bool)
     bo = _pow2(cout, 16, 64)
     blocks = triton.cdiv(P, bp)
     # Position chunks: at most 64 partial rows over the batch (B * chunks), which bounds
-    # the partial buffer to 64 copies of the weight gradient; with the K*K taps in the
-    # grid that is still thousands of programs at realistic sizes.
+    # the partial buffer to 64 copies of the weight gradient; with the column blocks in
+    # the grid (K*K*C / 64 of them) that is still thousands of programs at realistic sizes.
     chunks = max(1, min(blocks, 64 // max(B, 1)))
     iters = triton.cdiv(blocks, chunks)
     chunks = triton.cdiv(blocks, iters)
@@ -359,27 +388,27 @@ def weight_grads(launch, g: torch.Tensor, sources, kernel_size: int, bias: bool)
     grads, db = [], None
     for n in range(0, len(sources), MAX_SOURCES):
         group = sources[n:n + MAX_SOURCES]
-        i_max = max(x.shape[1] for x in group)
-        bi = _pow2(i_max, 16, 32)
+        ncol = K * K * max(x.shape[1] for x in group)  # columns (tap, channel)
+        bt = _pow2(ncol, 16, 64)
         with_bias = bias and n == 0
-        part = _scratch((rows, len(group), K * K, cout, i_max), acc_torch, g.device)
+        part = _scratch((rows, len(group), cout, ncol), acc_torch, g.device)
         bias_part = _scratch((rows, cout) if with_bias else (1,), acc_torch, g.device)
         if rows > 0 and P > 0:
             padded = group + [group[0]] * (MAX_SOURCES - len(group))
             args = []
             for x in padded:
                 args += [*x.stride(), x.shape[1]]
-            launch(_wgrad_kernel)[(chunks, K * K, B)](
-                part, bias_part, g, *padded, H, W, cout, i_max, iters, chunks, *g.stride(),
-                *args, *part.stride()[:4],
+            launch(_wgrad_kernel)[(chunks, triton.cdiv(ncol, bt), B)](
+                part, bias_part, g, *padded, H, W, cout, ncol, iters, chunks, *g.stride(),
+                *args, *part.stride()[:3],
                 NUM_SRC=len(group), K=K, HAS_BIAS=with_bias, ACC=acc_tl,
                 PREC=_precision(g.dtype), INTERP_BF16=_interp_bf16(g), BLOCK_P=bp, BLOCK_O=bo,
-                BLOCK_I=bi)
-        total = part.sum(0)  # (S, K*K, Cout, I_MAX)
+                BLOCK_T=bt)
+        total = part.sum(0)  # (S, Cout, NCOL)
         for s, x in enumerate(group):
             cin = x.shape[1]
-            grads.append(total[s, :, :, :cin].permute(1, 2, 0)
-                         .reshape(cout, cin, K, K).to(g.dtype))
+            dw = total[s, :, :K * K * cin].reshape(cout, K, K, cin).permute(0, 3, 1, 2)
+            grads.append(dw.to(g.dtype).contiguous())
         if with_bias:
             db = bias_part.sum(0).to(g.dtype)
     return grads, db
