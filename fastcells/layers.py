@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ._checks import check_tensor
 from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
+from .cells.convttlstm import RingHistory
 
 
 class _StackedCells(nn.Module):
@@ -59,7 +60,8 @@ class _StackedCells(nn.Module):
             raise ValueError(f"state: expected a list of {self.num_layers} per-layer state tuples "
                              f"(as returned in last_states), got {type(state).__name__}")
         # state shapes depend on the frame's batch and spatial size, not on its channels
-        states = [cell._resolve_state(frame0, s) for cell, s in zip(self.cells, states)]
+        states = [self._internal_state(cell._resolve_state(frame0, s))
+                  for cell, s in zip(self.cells, states)]
 
         # unbind, not x[:, t]: the backward of T selects would zero-fill and accumulate a
         # full (B, T, ...) gradient per step (O(T^2) traffic); unbind stacks them once.
@@ -74,6 +76,7 @@ class _StackedCells(nn.Module):
                 inp = states[i][0]
             outputs.append(inp)
         output = torch.stack(outputs, dim=1)
+        states = [self._public_state(s) for s in states]
         return (output if self.batch_first else output.transpose(0, 1)), states
 
     def _batches_projection(self, frame: Tensor) -> bool:
@@ -87,6 +90,14 @@ class _StackedCells(nn.Module):
     def _incoming(self, states: list, i: int) -> tuple:
         """The state layer ``i`` starts the step from (ST-LSTM overrides it for zigzag m)."""
         return states[i]
+
+    # How a layer's state is kept during the sequence, and handed back (Conv-TT-LSTM keeps
+    # its history in a ring buffer).
+    def _internal_state(self, state: tuple) -> tuple:
+        return state
+
+    def _public_state(self, state: tuple) -> tuple:
+        return state
 
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, batch_first={self.batch_first}"
@@ -157,7 +168,12 @@ class MKLSTM(_StackedCells):
 
 
 class ConvTTLSTM(_StackedCells):
-    """Stacked :class:`ConvTTLSTMCell` layers. State per layer ``(h, c, history)``."""
+    """Stacked :class:`ConvTTLSTMCell` layers. State per layer ``(h, c, history)``.
+
+    During the sequence each layer's history is a :class:`RingHistory` (a step overwrites
+    the oldest slot and advances the head; the kernels read the slots where they are);
+    ``last_states`` hands it back as the tuple oldest first.
+    """
 
     cell_class = ConvTTLSTMCell
 
@@ -168,3 +184,13 @@ class ConvTTLSTM(_StackedCells):
         super().__init__(input_size, hidden_size, num_layers, batch_first, backend,
                          memory_efficient, batch_input_projection, order=order, steps=steps,
                          rank=rank, kernel_size=kernel_size)
+
+    def _internal_state(self, state: tuple) -> tuple:
+        h, c, history = state
+        # A fresh ring (its own list of slots): the caller's state is never modified.
+        ring = history.as_tuple() if isinstance(history, RingHistory) else history
+        return h, c, RingHistory(ring)
+
+    def _public_state(self, state: tuple) -> tuple:
+        h, c, ring = state
+        return h, c, ring.as_tuple()

@@ -6,9 +6,59 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_state, check_tensor
+from ..ops.ctt import ctt_chain_ref, ctt_chain_triton
 from ._conv import input_hidden_conv
 from .base import CellBase
 from .convlstm import _check_odd
+
+
+class RingHistory:
+    """The last M hidden states as a ring buffer: M slots and ``head``, the slot of the
+    oldest state. :meth:`push` puts the newest state in the oldest one's slot and advances
+    ``head``: O(1) per step, where a tuple of M references would be rebuilt every step.
+
+    Slots hold references (a step's ``h``); nothing is written into a tensor, so a state
+    that autograd saved for backward is never modified. The ring is mutable: a cell that
+    is given one advances it in place and returns it (``ConvTTLSTM`` keeps one per layer
+    for the length of a sequence; the public state is the tuple of :meth:`as_tuple`).
+
+    ``ring[i]`` is logical state i, 0 the oldest; ``slots`` are in storage order.
+    """
+
+    __slots__ = ("slots", "head")
+
+    def __init__(self, states, head: int = 0):
+        self.slots = list(states)
+        self.head = int(head) % max(len(self.slots), 1)
+
+    @classmethod
+    def over(cls, slots: list, head: int) -> "RingHistory":
+        """A ring whose slots *are* ``slots`` (shared, not copied): pushing writes into that
+        list, as NVlabs' cell does with its ``hidden_states`` and ``hidden_pointer``."""
+        ring = cls((), 0)
+        ring.slots, ring.head = slots, int(head) % len(slots)
+        return ring
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, i: int) -> Tensor:
+        m = len(self.slots)
+        if not -m <= i < m:
+            raise IndexError(f"history index {i} out of range for {m} states")
+        return self.slots[(self.head + i) % m]
+
+    def push(self, h: Tensor) -> None:
+        """Drops the oldest state; ``h`` becomes the newest."""
+        self.slots[self.head] = h
+        self.head = (self.head + 1) % len(self.slots)
+
+    def as_tuple(self) -> tuple:
+        """The states oldest first (the public ``history`` of a state tuple)."""
+        return tuple(self[i] for i in range(len(self.slots)))
+
+    def __repr__(self) -> str:
+        return f"RingHistory({len(self.slots)} states, head={self.head})"
 
 
 class ConvTTLSTMCell(CellBase):
@@ -33,7 +83,9 @@ class ConvTTLSTMCell(CellBase):
         - x: (B, Cin, H, W)
         - state: ``(h, c, history)`` with ``h`` and ``c`` (B, C, H, W) and ``history`` a
           tuple of the last M hidden states, oldest first (``history[-1]`` is ``h``);
-          None means zeros. Returns the new ``(h, c, history)``.
+          None means zeros. Returns the new ``(h, c, history)``. ``history`` may also be
+          a :class:`RingHistory`, which the step advances in place and returns (no tuple
+          rebuilt per step).
 
     Parameters: ``preprocess.{l}`` (P_l) are Conv3d with weight (R, C, K, K, D) over the
     stacked window, as NVlabs stores them; ``factors.{l}`` are Conv2d: G_l (R, R, K, K)
@@ -77,16 +129,36 @@ class ConvTTLSTMCell(CellBase):
                              f"{self.steps} tensors of shape {shape}, got {type(state).__name__}")
         check_tensor(state[0], "state[0] (h)", shape, x)
         check_tensor(state[1], "state[1] (c)", shape, x)
-        history = check_state(state[2], [f"history[{i}]" for i in range(self.steps)], shape, x)
+        names = [f"history[{i}]" for i in range(self.steps)]
+        if isinstance(state[2], RingHistory):
+            check_state(state[2].as_tuple(), names, shape, x)
+            return state[0], state[1], state[2]
+        history = check_state(state[2], names, shape, x)
         return state[0], state[1], history
+
+    def _run(self, x: Tensor, state: tuple, zx=None, memory_efficient: bool | None = None,
+             **options):
+        # A ring's slots reach the step in storage order, with the head as an option.
+        ring = state[2]
+        if isinstance(ring, RingHistory):
+            options["head"] = ring.head
+            if torch.is_autocast_enabled(x.device.type):  # as CellBase._run casts tuples
+                ring.slots = [t.to(self._any_param().dtype) for t in ring.slots]
+        return super()._run(x, state, zx, memory_efficient, **options)
 
     def _flatten(self, state):
         _, c, history = state
+        if isinstance(history, RingHistory):
+            return (c, *history.slots)
         return (c, *history)
 
     def _pack(self, outputs, state):
         h, c = outputs
-        return h, c, (*state[2][1:], h)
+        history = state[2]
+        if isinstance(history, RingHistory):
+            history.push(h)
+            return h, c, history
+        return h, c, (*history[1:], h)
 
     # -- the step ------------------------------------------------------------------------------
     def _window_weight(self, p: dict, level: int) -> Tensor:
@@ -102,30 +174,36 @@ class ConvTTLSTMCell(CellBase):
                      p.get(f"{last}.bias"), padding=self.padding)
         return z.view(b, t, *z.shape[1:])
 
-    def _step(self, backend, p, x, zx, c, *history):
-        D, pad, N = self.lags, self.padding, self.order
+    def _step(self, backend, p, x, zx, c, *slots, head: int = 0):
+        """One step; ``slots`` are the M history states in storage order, logical state i
+        (0 the oldest) being ``slots[(head + i) % M]``."""
+        D, pad, N, M = self.lags, self.padding, self.order, self.steps
         w_last, b_last = p[f"factors.{N - 1}.weight"], p.get(f"factors.{N - 1}.bias")
-        v = None
-        for level in range(N):
-            bias = p.get(f"preprocess.{level}.bias")
-            if backend == "reference":
-                window = torch.cat(history[level:level + D], dim=1)
-                pre = F.conv2d(window, self._window_weight(p, level), bias, padding=pad)
-            else:
-                # Sum of per-state convolutions: the window is never concatenated.
-                w = p[f"preprocess.{level}.weight"]
-                pre = F.conv2d(history[level], w[..., 0], bias, padding=pad)
-                for d in range(1, D):
-                    pre = pre.add_(F.conv2d(history[level + d], w[..., d], None, padding=pad))
-            if v is None:
-                v = pre
-            else:
-                v = F.conv2d(v, p[f"factors.{level - 1}.weight"],
-                             p.get(f"factors.{level - 1}.bias"), padding=pad)
-                v = pre + v if backend == "reference" else v.add_(pre)
+        chain = ([p[f"preprocess.{lv}.weight"] for lv in range(N)],
+                 [p.get(f"preprocess.{lv}.bias") for lv in range(N)],
+                 [p[f"factors.{lv}.weight"] for lv in range(N - 1)],
+                 [p.get(f"factors.{lv}.bias") for lv in range(N - 1)])
         if backend == "reference":
+            v = ctt_chain_ref(slots, *chain, head=head)
             z = F.conv2d(torch.cat([x, v], dim=1), w_last, b_last, padding=pad)
         else:
+            if backend == "triton":  # the chain in Triton kernels (fastcells/kernels/ctt.py)
+                v = ctt_chain_triton(slots, *chain, head=head)
+            else:
+                v = None
+                history = [slots[(head + i) % M] for i in range(M)]
+                for level in range(N):
+                    # Sum of per-state convolutions: the window is never concatenated.
+                    w, bias = chain[0][level], chain[1][level]
+                    pre = F.conv2d(history[level], w[..., 0], bias, padding=pad)
+                    for d in range(1, D):
+                        pre = pre.add_(F.conv2d(history[level + d], w[..., d], None,
+                                                padding=pad))
+                    if v is None:
+                        v = pre
+                    else:
+                        v = F.conv2d(v, chain[2][level - 1], chain[3][level - 1], padding=pad)
+                        v = v.add_(pre)
             z = input_hidden_conv(x, v, w_last, b_last, pad, zx)
         h, c = self._gates(backend).convlstm(z, c, None, 0.0)
         return h, c

@@ -13,28 +13,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from typing import Optional
 
 import torch
-from torch import Tensor
 
 from .. import _ext
-
-_TYPES = {"Tensor": Tensor, "Tensor?": Optional[Tensor], "float": float, "bool": bool,
-          "int": int}
-
-
-def _signature(schema: str) -> inspect.Signature:
-    """The Python signature a schema string describes: ``triton_op`` infers the op's schema
-    from its function's signature (it takes no schema string), and our launchers are
-    generic ``*args`` functions, so each op's wrapper carries this signature."""
-    args, returns = re.fullmatch(r"\((.*)\) -> \((.*)\)", schema).groups()
-    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                annotation=_TYPES[kind])
-              for kind, name in (a.strip().rsplit(" ", 1) for a in args.split(","))]
-    outs = tuple(_TYPES[r.strip()] for r in returns.split(","))
-    return inspect.Signature(params, return_annotation=tuple[outs])
 
 
 def kernels(name: str):
@@ -59,15 +42,35 @@ def _no_launch(kernel):
     return _NoLaunch()
 
 
+# Python annotations of the schema types the ops use (triton_op infers its schema from them).
+_ANNOTATIONS = {
+    "Tensor": torch.Tensor, "Optional[Tensor]": Optional[torch.Tensor],
+    "List[Tensor]": list[torch.Tensor], "int": int, "float": float, "bool": bool,
+    "List[int]": list[int], "List[bool]": list[bool],
+}
+
+
+def _signature(schema: str) -> inspect.Signature:
+    """The typed Python signature of ``schema`` ("(Tensor x, ...) -> ...")."""
+    parsed = torch._C.parse_schema(f"fastcells::signature{schema}")
+    params = [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=_ANNOTATIONS[str(a.type)]) for a in parsed.arguments]
+    returns = [_ANNOTATIONS[str(r.type)] for r in parsed.returns]
+    return inspect.Signature(params, return_annotation=returns[0] if len(returns) == 1
+                             else tuple[tuple(returns)])
+
+
 def library_op(name: str, schema: str, module: str, launcher: str):
     """Registers ``fastcells.kernels.<module>.<launcher>(launch, *args)`` as the op
     ``fastcells::<name>`` with ``schema``."""
     signature = _signature(schema)
 
     def run(launch):
-        def op(*args):
-            return getattr(kernels(module), launcher)(launch, *args)
+        def op(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            return getattr(kernels(module), launcher)(launch, *bound.args)
 
+        # triton_op ignores a schema and infers one from the function's annotations.
         op.__signature__ = signature
         return op
 

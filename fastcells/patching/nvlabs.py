@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..cells import ConvLSTMCell, ConvTTLSTMCell
+from ..cells.convttlstm import RingHistory
 from .dropin import (
     DropIn,
     Family,
@@ -82,12 +83,12 @@ class NVlabsConvTTLSTMCell(_Stateful, DropIn, ConvTTLSTMCell):
         if first_step:
             self.initialize(inputs)
         self._require_state()
-        ptr = self.hidden_pointer
-        history = tuple(self.hidden_states[ptr:] + self.hidden_states[:ptr])  # oldest first
-        h, self.cell_states, _ = self._checked_step(
-            inputs, (history[-1], self.cell_states, history), checkpointing)
-        self.hidden_states[ptr] = h
-        self.hidden_pointer = (ptr + 1) % self.steps
+        # NVlabs' list and pointer are a ring buffer already: the step reads the slots where
+        # they are and writes h into the oldest one's place, as NVlabs' forward does.
+        ring = RingHistory.over(self.hidden_states, self.hidden_pointer)
+        h, self.cell_states, ring = self._checked_step(
+            inputs, (ring[-1], self.cell_states, ring), checkpointing)
+        self.hidden_states, self.hidden_pointer = ring.slots, ring.head
         return h
 
     def _params(self):
