@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from . import _triton
+from . import _cuda, _triton
 from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
 
@@ -124,11 +124,11 @@ def convlstm_gates_triton(z: Tensor, c_prev: Tensor, peephole: Optional[Tensor] 
     if peephole is not None:
         peephole = peephole.contiguous()
     h, c, _ = _triton_apply(z, c_prev, peephole, float(forget_bias))
+    return h, c
+
 
 # ----------------------------------------------------------------------------- CUDA C++
 # The kernels of csrc/cuda/ with the autograd formula above (_setup_context, _backward).
-# (Imported here so that this backend's section stays self-contained.)
-from . import _cuda
 
 
 def _cuda_forward_impl(z: Tensor, c_prev: Tensor, peephole: Tensor | None,

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from . import _triton
+from . import _cuda, _triton
 from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
 FORGET_BIAS = 1.0  # ST-LSTM's constant forget bias (thuml's _forget_bias)
@@ -219,12 +219,35 @@ def stlstm_gates_triton(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_pr
     """Fused Triton kernels; same contract as :func:`stlstm_gates_ref`."""
     C = c_prev.shape[1]
     cm, o_partial, _, deltas = _stlstm_triton_apply(zx, zh, zm, c_prev, m_prev, return_deltas)
+    c, m = cm[:, :C], cm[:, C:]
+    return c, m, cm, o_partial, ((deltas[:, :C], deltas[:, C:]) if return_deltas else None)
+
+
+_mklstm_triton_apply = autograd_pair(
+    "MKLSTMGatesTriton",
+    _triton.eager("dual_memory_gates", "mklstm_forward"),
+    _triton.library_op("mklstm_gates_triton",
+                       "(Tensor z1, Tensor z2, Tensor c1_prev, Tensor c2_prev) "
+                       "-> (Tensor, Tensor, Tensor)",
+                       "dual_memory_gates", "mklstm_forward"),
+    _triton.eager("dual_memory_gates", "mklstm_backward"),
+    _triton.library_op("mklstm_gates_triton_backward",
+                       "(Tensor grad_cc, Tensor grad_o_partial, Tensor acts, Tensor c1_prev, "
+                       "Tensor c2_prev) -> (Tensor, Tensor, Tensor, Tensor)",
+                       "dual_memory_gates", "mklstm_backward"),
+    _mklstm_setup, _mklstm_backward)
+
+
+def mklstm_gates_triton(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
+    """Fused Triton kernels; same contract as :func:`mklstm_gates_ref`."""
+    C = c1_prev.shape[1]
+    cc, o_partial, _ = _mklstm_triton_apply(z1, z2, c1_prev, c2_prev)
+    return cc[:, :C], cc[:, C:], cc, o_partial
+
 
 # ----------------------------------------------------------------------------- CUDA C++
 # The kernels of csrc/cuda/ with the autograd formulas above (_stlstm_setup/_stlstm_backward,
-# _mklstm_setup/_mklstm_backward). (Imported here so that this backend's section stays
-# self-contained.)
-from . import _cuda
+# _mklstm_setup/_mklstm_backward).
 
 
 def _stlstm_cuda_impl(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
@@ -281,26 +304,6 @@ def stlstm_gates_cuda(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev
     c, m = cm[:, :C], cm[:, C:]
     return c, m, cm, o_partial, ((deltas[:, :C], deltas[:, C:]) if return_deltas else None)
 
-
-_mklstm_triton_apply = autograd_pair(
-    "MKLSTMGatesTriton",
-    _triton.eager("dual_memory_gates", "mklstm_forward"),
-    _triton.library_op("mklstm_gates_triton",
-                       "(Tensor z1, Tensor z2, Tensor c1_prev, Tensor c2_prev) "
-                       "-> (Tensor, Tensor, Tensor)",
-                       "dual_memory_gates", "mklstm_forward"),
-    _triton.eager("dual_memory_gates", "mklstm_backward"),
-    _triton.library_op("mklstm_gates_triton_backward",
-                       "(Tensor grad_cc, Tensor grad_o_partial, Tensor acts, Tensor c1_prev, "
-                       "Tensor c2_prev) -> (Tensor, Tensor, Tensor, Tensor)",
-                       "dual_memory_gates", "mklstm_backward"),
-    _mklstm_setup, _mklstm_backward)
-
-
-def mklstm_gates_triton(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
-    """Fused Triton kernels; same contract as :func:`mklstm_gates_ref`."""
-    C = c1_prev.shape[1]
-    cc, o_partial, _ = _mklstm_triton_apply(z1, z2, c1_prev, c2_prev)
 
 def _mklstm_cuda_impl(z1: Tensor, z2: Tensor, c1_prev: Tensor,
                       c2_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from . import _triton
+from . import _cuda, _triton
 from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
 
@@ -89,11 +89,11 @@ _triton_apply = autograd_pair(
 def output_gate_triton(o_partial: Tensor, zo: Tensor, zl: Tensor) -> Tensor:
     """Fused Triton kernels; same contract as :func:`output_gate_ref`."""
     h, _ = _triton_apply(o_partial, zo, zl)
+    return h
+
 
 # ----------------------------------------------------------------------------- CUDA C++
 # The kernels of csrc/cuda/ with the autograd formula above (_setup_context, _backward).
-# (Imported here so that this backend's section stays self-contained.)
-from . import _cuda
 
 
 def _cuda_forward_impl(o_partial: Tensor, zo: Tensor, zl: Tensor) -> tuple[Tensor, Tensor]:
