@@ -20,13 +20,15 @@ def planar(t: Tensor) -> Tensor:
 
 
 def grad_or_zeros(grad: Tensor | None, like: Tensor, channels: int | None = None) -> Tensor:
-    """The gradient of an output as the kernels want it: planar, and zeros when autograd
-    passes None (the output did not reach the loss). The zeros have ``like``'s shape, or
-    ``channels`` channels when given."""
+    """The gradient of an output, or zeros when autograd passes None (the output did not
+    reach the loss). The zeros have ``like``'s shape, or ``channels`` channels when given.
+    The layout is left to each backend's kernel wrapper: the C++ kernels want planar
+    tensors (their wrappers call :func:`planar`), the GPU kernels read any strides, so a
+    channels_last gradient reaches them without a copy."""
     if grad is None:
         b, c, h, w = like.shape
         return like.new_zeros((b, channels or c, h, w))
-    return planar(grad)
+    return grad
 
 
 def new_planes(like: Tensor, channels: int) -> Tensor:
