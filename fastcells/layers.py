@@ -115,7 +115,9 @@ class ConvLSTM(_StackedCells):
 
     ``ConvLSTM(input_size, hidden_size, kernel_size=3, num_layers=1, batch_first=True,
     bias=True, backend="auto", memory_efficient=False, batch_input_projection=None,
-    forget_bias=0.0, peephole=False)``.
+    forget_bias=0.0, peephole=False, fused_conv=False)``; ``fused_conv=True`` (with
+    ``backend="triton"``) runs each step's convolution and gates as one Triton kernel,
+    adding the batched input projection of the first layer in its epilogue.
     State per layer: ``(h, c)``.
     """
 

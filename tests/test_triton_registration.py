@@ -7,8 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from .conftest import requires_triton
 
 SCRIPT = textwrap.dedent("""
@@ -31,6 +29,14 @@ SCRIPT = textwrap.dedent("""
         assert h.shape == (2, 5, 7, 9) and acts.shape == (2, 20, 7, 9)
         assert h.dtype == torch.bfloat16
         assert h.is_contiguous(memory_format=torch.channels_last)
+        # The fused convolution + gates op (x absent: its projection zx is added instead).
+        hp = torch.empty(2, 5, 7, 9).to(memory_format=torch.channels_last)
+        h, c2, acts = f.conv_gates_triton(None, hp, torch.empty(2, 5, 7, 9),
+                                          torch.empty(20, 5, 3, 3), None,
+                                          torch.empty(2, 20, 7, 9), torch.empty(3, 5), 0.0)
+        assert h.shape == c2.shape == (2, 5, 7, 9) and acts.shape == (2, 20, 7, 9)
+        assert acts.is_contiguous(memory_format=torch.channels_last)
+    assert "Tensor? zx, Tensor? peephole" in str(f.conv_gates_triton.default._schema)
     print("ok")
 """)
 

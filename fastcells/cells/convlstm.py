@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.conv_gates import conv_gates_triton
 from ._conv import input_hidden_conv
 from .base import CellBase
 
@@ -29,6 +30,10 @@ class ConvLSTMCell(CellBase):
         backend: ``"auto"``, ``"reference"`` or ``"cpp"`` (see :mod:`fastcells.backends`).
         memory_efficient: keep only the step's inputs for backward and recompute the
             convolutions there (less memory, about one extra forward convolution of time).
+        fused_conv: run the convolution and the gates as one Triton kernel (an implicit
+            GEMM over ``[x; h]`` with the gate math as its epilogue, so z is never written;
+            :func:`fastcells.ops.conv_gates_triton`). Needs ``backend="triton"``. Off by
+            default: not yet measured faster on a GPU (benchmarks/NOTES.md).
 
     Shapes:
         - x: (B, Cin, H, W)
@@ -44,8 +49,12 @@ class ConvLSTMCell(CellBase):
 
     def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3, bias: bool = True,
                  forget_bias: float = 0.0, peephole: bool = False, backend: str = "auto",
-                 memory_efficient: bool = False):
+                 memory_efficient: bool = False, fused_conv: bool = False):
         super().__init__(input_size, hidden_size, backend, memory_efficient)
+        if fused_conv and self.requested_backend != "triton":
+            raise ValueError(f"fused_conv=True is a Triton kernel: it needs backend='triton', "
+                             f"got backend={backend!r}")
+        self.fused_conv = bool(fused_conv)
         _check_odd(kernel_size)
         self.kernel_size = kernel_size
         self.padding = kernel_size // 2
@@ -64,6 +73,11 @@ class ConvLSTMCell(CellBase):
 
     def _step(self, backend, p, x, zx, h, c):
         weight, bias = p["conv.weight"], p.get("conv.bias")
+        if self.fused_conv:
+            # zx (the sequence layer's batched input projection) already holds the bias.
+            return conv_gates_triton(x if zx is None else None, h, c, weight,
+                                     bias if zx is None else None, p.get("peephole_weight"),
+                                     self.forget_bias, zx=zx)
         if backend == "reference":
             z = F.conv2d(torch.cat([x, h], dim=1), weight, bias, padding=self.padding)
         else:
@@ -73,7 +87,8 @@ class ConvLSTMCell(CellBase):
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", kernel_size={self.kernel_size}"
                 + (f", forget_bias={self.forget_bias}" if self.forget_bias else "")
-                + (", peephole=True" if self.peephole_weight is not None else ""))
+                + (", peephole=True" if self.peephole_weight is not None else "")
+                + (", fused_conv=True" if self.fused_conv else ""))
 
 
 def _check_odd(kernel_size) -> None:
