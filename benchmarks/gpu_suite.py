@@ -16,7 +16,10 @@ Steps (each logged; a failing step is recorded and the next still runs):
    convlstm, predrnn and ms_lstm (mmnist preset, B=16), eager vs fused vs compiled, and
    memory_efficient;
 7. whole sequences eager vs captured in a CUDA graph (:mod:`fastcells.cuda_graphs`);
-8. the ``backend="auto"`` rule this GPU measures (fastest backend per cell from step 5),
+8. the fused implicit-GEMM convolution + gates (``ConvLSTMCell(fused_conv=True)``) against
+   cuDNN convolution + the Triton gate kernel, forward and forward+backward (it is off by
+   default until this says it pays);
+9. the ``backend="auto"`` rule this GPU measures (fastest backend per cell from step 5),
    compared with :data:`fastcells.backends.AUTO_PREFERENCE`.
 
 Writes ``gpu_suite.json`` and ``gpu_suite.md`` (summary) and the bench files into ``--out``
@@ -129,6 +132,44 @@ def graphs_vs_eager(quick: bool) -> list[dict]:
     return rows
 
 
+def fused_conv_vs_unfused(quick: bool) -> list[dict]:
+    """ConvLSTM step on triton with and without the fused convolution + gates kernel."""
+    import torch
+    from triton.testing import do_bench
+
+    import fastcells as fc
+
+    rows = []
+    sizes = [(4, 32), (16, 64)] if not quick else [(4, 32)]
+    for (batch, channels) in sizes:
+        for k in (3, 5):
+            for dtype in (torch.float32, torch.bfloat16):
+                cells = {f: fc.ConvLSTMCell(channels, channels, k, backend="triton",
+                                            fused_conv=f).cuda().to(dtype) for f in (False, True)}
+                cells[True].load_state_dict(cells[False].state_dict())
+                x = torch.randn(batch, channels, 64, 64, device="cuda", dtype=dtype)
+                state = tuple(torch.randn(batch, channels, 64, 64, device="cuda", dtype=dtype,
+                                          requires_grad=True) for _ in range(2))
+                row = {"batch": batch, "channels": channels, "kernel": k,
+                       "dtype": str(dtype).replace("torch.", "")}
+                for fused, cell in cells.items():
+                    def fwd(cell=cell):
+                        with torch.no_grad():
+                            cell(x, state)
+
+                    def fwd_bwd(cell=cell):
+                        h, c = cell(x, state)
+                        torch.autograd.grad((h.float().sum() + c.float().sum()),
+                                            [*state, *cell.parameters()])
+
+                    tag = "fused" if fused else "unfused"
+                    row[f"{tag}_fwd_ms"] = do_bench(fwd, return_mode="median")
+                    row[f"{tag}_fwd_bwd_ms"] = do_bench(fwd_bwd, return_mode="median")
+                rows.append(row)
+                print(f"fused conv {row}", flush=True)
+    return rows
+
+
 def measured_auto_rule(kernels_json: Path) -> dict:
     """Fastest fused backend per cell (fwd+bwd step, fp32 and bf16, every size), from the
     kernel table, beside the preference list fastcells uses."""
@@ -186,6 +227,10 @@ def main(argv=None) -> int:
         summary["cuda_graphs"] = graphs_vs_eager(args.quick)
     except Exception as exc:
         summary["cuda_graphs"] = f"failed: {exc!r}"
+    try:
+        summary["fused_conv"] = fused_conv_vs_unfused(args.quick)
+    except Exception as exc:
+        summary["fused_conv"] = f"failed: {exc!r}"
     if (out / "kernels.json").exists():
         try:
             summary["auto_rule"] = measured_auto_rule(out / "kernels.json")
@@ -211,6 +256,14 @@ def render(summary: dict) -> str:
         lines += ["", "| cell | backend | eager ms | graph ms | speedup |", "|---|---|---|---|---|"]
         lines += [f"| {r['cell']} | {r['backend']} | {r['eager_ms']:.2f} | {r['graph_ms']:.2f} "
                   f"| {r['speedup']:.2f}x |" for r in graphs]
+    fused = summary.get("fused_conv")
+    if isinstance(fused, list) and fused:
+        lines += ["", "| B | C | K | dtype | fwd unfused / fused ms | fwd+bwd unfused / fused ms |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['channels']} | {r['kernel']} | {r['dtype']} "
+                  f"| {r['unfused_fwd_ms']:.3f} / {r['fused_fwd_ms']:.3f} "
+                  f"| {r['unfused_fwd_bwd_ms']:.3f} / {r['fused_fwd_bwd_ms']:.3f} |"
+                  for r in fused]
     rule = summary.get("auto_rule")
     if isinstance(rule, dict):
         lines += ["", "| cell | fastest (wins) | AUTO_PREFERENCE |", "|---|---|---|"]
