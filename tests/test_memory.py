@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastcells as fc
-from fastcells.utils import saved_tensor_bytes
+from fastcells.utils import SavedTensorCounter, saved_tensor_bytes
 
 from .conftest import requires_cpp
 
@@ -37,3 +37,22 @@ def test_fused_saves_less(layer):
         m = layer(**kw)
         counts[name] = saved_tensor_bytes(lambda: m(x), exclude=m.parameters())
     assert counts["memeff"] < counts["cpp"] < counts["reference"]
+
+
+def test_counter_releases_the_saved_tensors_on_exit():
+    """The hooks form a reference cycle with the counter; the tensors it kept alive must not
+    wait for the cyclic collector."""
+    import gc
+    import weakref
+
+    x = torch.randn(16, requires_grad=True)
+    gc.disable()
+    try:
+        with SavedTensorCounter() as counter:
+            y = x * 2
+            z = y.sin()  # saves y
+        ref = weakref.ref(y)
+        del y, z
+        assert ref() is None and counter.bytes == 16 * 4  # y, saved by sin
+    finally:
+        gc.enable()

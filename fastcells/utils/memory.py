@@ -28,6 +28,12 @@ class SavedTensorCounter(torch.autograd.graph.saved_tensors_hooks):
         super().__enter__()
         return self
 
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        # The hooks are bound methods of self (a reference cycle), so without this the saved
+        # tensors would live until Python's cyclic collector ran: gigabytes at large sizes.
+        self.tensors.clear()
+
     def _pack(self, t: torch.Tensor):
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
