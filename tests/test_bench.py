@@ -145,6 +145,14 @@ def test_readme_block_renders_and_updates(kernel_run, tmp_path):
     doc.write_text("no markers")
     with pytest.raises(ValueError, match="results:start"):
         readme.update(doc, tmp_path)
+    floors_block = readme.render_floors(tmp_path)
+    for r in result["rows"]:
+        if r["mode"] == "fwd+bwd" and r["kind"] == "step":
+            assert f"| fp32 | custom | {r['cell']} | cpp | " in floors_block
+    notes = tmp_path / "NOTES.md"
+    notes.write_text(f"{readme.FLOORS_START}\n{readme.FLOORS_END}\n")
+    assert readme.update_notes(notes, tmp_path) is True
+    assert notes.read_text() == floors_block + "\n"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -182,4 +190,4 @@ def test_triton_is_never_timed_on_cpu(monkeypatch):
 def test_fastcells_bench_passes_options_through(capsys):
     assert fastcells_main(["bench", "readme", "--check", "--results",
                            str(readme.RESULTS_DIR)]) in (0, 1)
-    assert "results block" in capsys.readouterr().out
+    assert "generated block" in capsys.readouterr().out

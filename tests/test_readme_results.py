@@ -1,5 +1,6 @@
-"""README's results block is exactly what ``python -m fastcells.bench readme`` renders from
-the committed result files, so no number in it can be typed by hand or drift from them."""
+"""README's results block and NOTES' floor table are exactly what ``python -m fastcells.bench
+readme`` renders from the committed result files, so no number in them can be typed by hand
+or drift from them."""
 from fastcells.bench import readme
 
 
@@ -9,6 +10,11 @@ def test_readme_results_block_matches_committed_results():
     block = text[text.index(readme.START):text.index(readme.END) + len(readme.END)]
     assert block == readme.render(readme.RESULTS_DIR), (
         "README.md's results block is out of date: run `python -m fastcells.bench readme`")
+
+
+def test_notes_floor_table_matches_committed_results():
+    assert readme.update_notes(readme.NOTES, readme.RESULTS_DIR, check=True) is False, (
+        "benchmarks/NOTES.md's floor table is out of date: run `python -m fastcells.bench readme`")
 
 
 def test_readme_keeps_its_first_two_commands_on_top():

@@ -141,11 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(t)
     _train_options(t)
     _files(t)
-    r = sub.add_parser("readme", help="rewrite README's results block from the result files")
+    r = sub.add_parser("readme", help="rewrite README's results block and NOTES' floor table "
+                                      "from the result files")
     r.add_argument("--check", action="store_true",
-                   help="only check; exit 1 when README's block is out of date")
+                   help="only check; exit 1 when a generated block is out of date")
     r.add_argument("--results", default=str(readme.RESULTS_DIR), help="result files' folder")
     r.add_argument("--readme", default=str(readme.README), help="README to update")
+    r.add_argument("--notes", default=str(readme.NOTES),
+                   help="benchmark notes whose floor table to update")
     p.commands = {"all": a, "kernels": k, "train": t, "readme": r}
     return p
 
@@ -255,12 +258,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser.commands[args.command]  # errors name the command's usage
     if args.command == "readme":
-        changed = readme.update(args.readme, args.results, check=args.check)
-        if args.check:
-            print(f"{args.readme}: results block {'out of date' if changed else 'up to date'}")
-            return 1 if changed else 0
-        print(f"{args.readme}: results block {'rewritten' if changed else 'already current'}")
-        return 0
+        stale = []
+        for path, fn in ((args.readme, readme.update), (args.notes, readme.update_notes)):
+            try:
+                changed = fn(path, args.results, check=args.check)
+            except (OSError, ValueError) as e:
+                sub.error(str(e))
+            stale += [path] if changed else []
+            state = ("out of date" if args.check else "rewritten") if changed else "up to date"
+            print(f"{path}: generated block {state}")
+        return 1 if args.check and stale else 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args, sub)

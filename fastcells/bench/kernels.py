@@ -8,6 +8,7 @@ memory of one step forward + backward.
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -93,6 +94,7 @@ def run_kernels(cfg: KernelConfig, progress: bool = True) -> dict:
         if kind == "step":
             memory.append(_memory_entry(cfg, dtype, size_name, size, cell, loads))
         del loads
+        gc.collect()  # compiled graphs and autograd cycles of the row: free before the next
     bar.close()
     _add_ceilings(rows)
     result = {

@@ -19,6 +19,7 @@ T_in -> pred_len rollout, the papers' convention (:func:`fastcells.models.count_
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -167,6 +168,7 @@ def run_training(cfg: TrainBenchConfig, progress: bool = True) -> dict:
             row["variants"][v]["time_s"] = t
         rows.append(row)
         del built, fns
+        gc.collect()
     bar.close()
     result = {
         "schema": SCHEMA, "what": "training", "device": device.type, "quick": cfg.quick,
