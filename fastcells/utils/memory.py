@@ -35,6 +35,10 @@ class SavedTensorCounter(torch.autograd.graph.saved_tensors_hooks):
         self.tensors.clear()
 
     def _pack(self, t: torch.Tensor):
+        # Detached: a saved *output* packed as itself would reference its own grad_fn from
+        # the node that saves it, a cycle through C++ that no collector frees (the whole
+        # graph leaked). Autograd restores the autograd metadata when it unpacks.
+        t = t.detach()
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in self.excluded and ptr != 0:
