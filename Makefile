@@ -19,9 +19,12 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest tests -q
 
+# Regenerates benchmarks/results/<device>_{kernels,train}.{md,json} (the default device: CUDA
+# when present), README's results block, then runs the pytest-benchmark suites. CPU: hours.
 bench: setup
-	$(PYTHON) -m fastcells.bench --json benchmarks/results/cpu.json --markdown benchmarks/results/cpu.md
-	$(PYTHON) -m pytest benchmarks -q --benchmark-columns=median,iqr,rounds
+	$(PYTHON) -m fastcells.bench all --out benchmarks/results
+	$(PYTHON) -m fastcells.bench readme
+	$(PYTHON) -m pytest benchmarks -q --benchmark-group-by=group --benchmark-columns=median,iqr,rounds
 
 clean:
 	rm -rf build fastcells/_C*.so *.egg-info

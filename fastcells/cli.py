@@ -5,7 +5,7 @@
     fastcells train --out runs/convlstm --resume          continue exactly where it stopped
     fastcells eval --checkpoint runs/convlstm/last.pt
     fastcells predict --checkpoint runs/convlstm/last.pt --num 4
-    fastcells bench [--quick]           kernel/step benchmarks (python -m fastcells.bench)
+    fastcells bench [--quick]           kernel and training-cost benchmarks (python -m fastcells.bench)
     fastcells info                      backends, versions, devices
 
 Every field of :class:`fastcells.train.TrainConfig` is a ``train`` option
@@ -196,8 +196,7 @@ def cmd_info(args) -> int:
 def cmd_bench(args) -> int:
     from . import bench
 
-    bench.main(args.rest)
-    return 0
+    return bench.main(args.rest)
 
 
 def cmd_demo(args) -> int:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastcells as fc
-from fastcells.utils import saved_tensor_bytes
+from fastcells.utils import SavedTensorCounter, saved_tensor_bytes
 
 from .conftest import requires_cpp
 
@@ -37,3 +37,26 @@ def test_fused_saves_less(layer):
         m = layer(**kw)
         counts[name] = saved_tensor_bytes(lambda: m(x), exclude=m.parameters())
     assert counts["memeff"] < counts["cpp"] < counts["reference"]
+
+
+def test_counter_releases_the_saved_tensors_on_exit():
+    """Counting keeps nothing alive after the graph is gone: not through the counter (its
+    hooks are bound methods, a Python cycle) and not through a saved *output* (sigmoid
+    saves its result; packed as itself it would reference its own grad_fn, a cycle through
+    C++ that no collector breaks)."""
+    import gc
+    import weakref
+
+    x = torch.randn(16, requires_grad=True)
+    gc.disable()
+    try:
+        with SavedTensorCounter() as counter:
+            y = x * 2
+            z = y.sin()  # saves its input y
+            s = torch.sigmoid(x)  # saves its output s
+        refs = [weakref.ref(y), weakref.ref(s)]
+        del y, z, s
+        assert all(r() is None for r in refs)
+        assert counter.bytes == 2 * 16 * 4
+    finally:
+        gc.enable()

@@ -303,6 +303,6 @@ def test_early_stopping_counts_evaluations_without_improvement(tmp_path, monkeyp
 @requires_cpp
 def test_cli_bench_runs(tmp_path):
     path = str(tmp_path / "bench.json")
-    assert cli(["bench", "--size", "1", "4", "8", "8", "--repeats", "1", "--cells", "convlstm",
-                "--json", path]) == 0
+    assert cli(["bench", "kernels", "--quick", "--size", "1", "4", "8", "8", "--repeats", "1",
+                "--cells", "convlstm", "--no-progress", "--json", path]) == 0
     assert "convlstm" in json.load(open(path))["rows"][0]["cell"]

@@ -28,7 +28,17 @@ class SavedTensorCounter(torch.autograd.graph.saved_tensors_hooks):
         super().__enter__()
         return self
 
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        # The hooks are bound methods of self (a reference cycle), so without this the saved
+        # tensors would live until Python's cyclic collector ran: gigabytes at large sizes.
+        self.tensors.clear()
+
     def _pack(self, t: torch.Tensor):
+        # Detached: a saved *output* packed as itself would reference its own grad_fn from
+        # the node that saves it, a cycle through C++ that no collector frees (the whole
+        # graph leaked). Autograd restores the autograd metadata when it unpacks.
+        t = t.detach()
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in self.excluded and ptr != 0:
