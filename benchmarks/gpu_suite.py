@@ -22,8 +22,10 @@ Steps (each logged; a failing step is recorded and the next still runs):
 9. the ``backend="auto"`` rule this GPU measures (fastest backend per cell from step 5),
    compared with :data:`fastcells.backends.AUTO_PREFERENCE`.
 
-Writes ``gpu_suite.json`` and ``gpu_suite.md`` (summary) and the bench files into ``--out``
-(default ``benchmarks/results/gpu``; copy to ``$OUT`` on the device tool to bring them back).
+Writes ``gpu_suite.json`` and ``gpu_suite.md`` (summary), the bench files
+(``cuda_kernels.*``, ``cuda_train.*``) and the logs into ``--out`` (default
+``benchmarks/results/gpu``; on the device tool, pass ``--out $OUT`` to bring them back and
+commit them under ``benchmarks/results/gpu/``).
 """
 from __future__ import annotations
 
@@ -178,9 +180,10 @@ def measured_auto_rule(kernels_json: Path) -> dict:
     data = json.loads(kernels_json.read_text())
     wins: dict[str, dict[str, int]] = {}
     for row in data.get("rows", []):
-        if row.get("kind") != "step" or row.get("mode") not in ("fwd+bwd", "fwd_bwd"):
+        if row.get("kind") != "step" or row.get("mode") != "fwd+bwd":
             continue
-        times = {v: t for v, t in row.get("median_s", {}).items() if v in ("triton", "cuda")}
+        times = {v: t["median"] for v, t in row.get("times", {}).items()
+                 if v in ("triton", "cuda")}
         if times:
             best = min(times, key=times.get)
             wins.setdefault(row["cell"], {}).setdefault(best, 0)
@@ -216,13 +219,13 @@ def main(argv=None) -> int:
     except Exception as exc:  # recorded, the other steps still run
         summary["copy_bandwidth_gbs"] = f"failed: {exc!r}"
     quick = ["--quick"] if args.quick else []
+    # fastcells.bench writes <device>_kernels.{md,json} and <device>_train.{md,json}
     steps["kernels"] = _run([py, "-m", "fastcells.bench", "kernels", "--device", "cuda",
-                             "--dtypes", "float32", "bfloat16", *quick,
-                             "--json", str(out / "kernels.json"),
-                             "--markdown", str(out / "kernels.md")], out / "kernels.log")
+                             "--dtypes", "fp32", "bf16", "--no-progress", *quick,
+                             "--out", str(out)], out / "kernels.log")
     steps["train"] = _run([py, "-m", "fastcells.bench", "train", "--device", "cuda",
-                           "--batch", "16", *quick, "--json", str(out / "train.json"),
-                           "--markdown", str(out / "train.md")], out / "train.log")
+                           "--batch", "16", "--no-progress", *quick, "--out", str(out)],
+                          out / "train.log")
     try:
         summary["cuda_graphs"] = graphs_vs_eager(args.quick)
     except Exception as exc:
@@ -231,9 +234,9 @@ def main(argv=None) -> int:
         summary["fused_conv"] = fused_conv_vs_unfused(args.quick)
     except Exception as exc:
         summary["fused_conv"] = f"failed: {exc!r}"
-    if (out / "kernels.json").exists():
+    if (out / "cuda_kernels.json").exists():
         try:
-            summary["auto_rule"] = measured_auto_rule(out / "kernels.json")
+            summary["auto_rule"] = measured_auto_rule(out / "cuda_kernels.json")
         except Exception as exc:
             summary["auto_rule"] = f"failed: {exc!r}"
     (out / "gpu_suite.json").write_text(json.dumps(summary, indent=1, default=str))
