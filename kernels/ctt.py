@@ -38,11 +38,11 @@ own partial row; the host sums the rows (deterministic, no atomics). Every parti
 is written (the columns past a source's K*K*Cin as zeros), so NaN poisoning catches a
 program that skipped its work.
 
-Interpreter workarounds (``INTERP_BF16``: bfloat16 tensors on CPU, i.e. under
-``TRITON_INTERPRET=1``; compiled GPU code is unaffected): the interpreter multiplies
-bfloat16 tiles in ``tl.dot`` as their raw uint16 bits, so the tiles go through float32
-first (exact: the products of a bfloat16 MMA are exact and accumulate in float32), and its
-float32 -> bfloat16 cast truncates, so the output is rounded to nearest even by hand.
+Interpreter workarounds (``INTERP_BF16``: bfloat16 tensors under ``TRITON_INTERPRET=1``;
+compiled GPU code is unaffected): the interpreter multiplies bfloat16 tiles in ``tl.dot``
+as their raw uint16 bits, so the tiles go through float32 first (exact: the products of a
+bfloat16 MMA are exact and accumulate in float32), and its float32 -> bfloat16 cast
+truncates, so the output is rounded to nearest even by hand.
 
 What is not fused (see benchmarks/NOTES.md): the levels are separate launches, v_l goes
 through global memory between them (R channels: small and L2-resident at these sizes).
@@ -55,6 +55,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from fastcells import _ext
 
 from .layout import POISON, new_like_layout
 
@@ -306,7 +308,10 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _interp_bf16(t: torch.Tensor) -> bool:
-    return t.dtype == torch.bfloat16 and t.device.type == "cpu"  # the interpreter
+    # The interpreter's bfloat16 workarounds, not the tensor's device: the sm_90 compile
+    # test (tests/triton_sm90.py) launches on CPU tensors outside the interpreter, and must
+    # get the GPU's specialization.
+    return t.dtype == torch.bfloat16 and _ext.triton_interpreted()
 
 
 def _pow2(n: int, lo: int, hi: int) -> int:

@@ -80,6 +80,14 @@ def store(ptr, value, b, ch, p, mask, sb, sc, sp):
     tl.store(ptr + b * sb + ch * sc + p * sp, value.to(ptr.dtype.element_ty), mask=mask)
 
 
+# Warps of the pointwise kernels: 8, i.e. 8 elements of each ~2048-element tile per thread.
+# With 4 (16 elements per thread) ST-LSTM's forward needs more than a thread's 255
+# registers on sm_90 in float32, and the two-memory kernels and ConvLSTM's backward in
+# float64, and they spill; with 8 none spills in any dtype at C = 32, 64x64
+# (tests/test_triton_sm90.py compiles them for sm_90 and checks).
+POINTWISE_WARPS = 8
+
+
 def launch_pointwise(launch, kernel, inputs, outputs, C: int, extra=(), **meta):
     """Launches a pointwise kernel over (B, C, H, W) tiles with arguments
     ``(*inputs, *outputs, C, P, <(sb, sc, sp) of each input, then of each output>, *extra)``
@@ -88,6 +96,7 @@ def launch_pointwise(launch, kernel, inputs, outputs, C: int, extra=(), **meta):
     P = H * W
     flat = [flat_strides(t) for t in inputs]
     block_c, block_p = block_sizes(C, P)
+    meta.setdefault("num_warps", POINTWISE_WARPS)
     launch(kernel)[launch_grid(B, C, P, block_c, block_p)](
         *(t for t, _ in flat), *outputs, C, P,
         *(s for _, ss in flat for s in ss), *(s for t in outputs for s in flat_strides(t)[1]),
