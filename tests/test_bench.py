@@ -166,6 +166,7 @@ def test_readme_block_renders_and_updates(kernel_run, tmp_path):
     (["train", "--model-arg", "hidden_size"], "KEY=VALUE"),
     (["kernels", "--device", "tpu"], "--device"),
     (["--nonsense"], "unrecognized arguments"),
+    (["train", "--quick", "--no-progress", "--models", "stlight"], "no recurrent cells"),
 ])
 def test_bad_arguments_exit_with_a_message(args, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -22,3 +22,21 @@ def test_readme_keeps_its_first_two_commands_on_top():
     lines = first_block.splitlines()
     assert lines[0] == "bash" and lines[1].startswith("make demo")
     assert lines[3].startswith("make test")
+
+
+def test_committed_markdown_reports_are_rendered_from_their_json():
+    """Each committed ``<device>_<kernels|train>.md`` is its JSON through the formatter."""
+    import json
+
+    from fastcells.bench import kernels, training
+
+    formatters = {"kernels": kernels.format_kernels, "train": training.format_training}
+    found = 0
+    for path in sorted(readme.RESULTS_DIR.glob("*_*.json")):
+        kind = path.stem.split("_", 1)[1]
+        if kind not in formatters:
+            continue
+        found += 1
+        result = json.loads(path.read_text())
+        assert path.with_suffix(".md").read_text() == formatters[kind](result) + "\n", path
+    assert found >= 2  # the committed CPU kernel and training results

@@ -219,7 +219,8 @@ def _machine_line(m: dict) -> str:
     load = m.get("load_average")
     load_s = (f", load average {load[0]:.2f} at start, {m['load_average_end'][0]:.2f} at end"
               if load and m.get("load_average_end") else "")
-    return (f"{m['processor']} ({m['cpu_count']} CPUs), {m['threads']} torch threads{gpu}; "
+    threads = f"{m['threads']} torch thread" + ("s" if m["threads"] != 1 else "")
+    return (f"{m['processor']} ({m['cpu_count']} CPUs), {threads}{gpu}; "
             f"torch {m['torch']}, triton {m['triton']}, Python {m['python']}; "
             f"{m['date']}, commit {m['commit']}{load_s}.")
 

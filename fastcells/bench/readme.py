@@ -145,7 +145,7 @@ def render_floors(results_dir: Path | str = RESULTS_DIR) -> str:
         found = True
         roofs = "; ".join(f"{d}: copy {r['bandwidth'] / 1e9:.1f} GB/s, matmul "
                           f"{r['matmul'] / 1e9:.1f} GFLOP/s" for d, r in kernels["roofs"].items())
-        lines += [(f"{label}, {kernels['machine']['threads']} threads, roofs measured in the same "
+        lines += [(f"{label}, {kernels['machine']['threads']} torch thread(s), roofs measured in the same "
                   f"run: {roofs}. Forward + backward; time in ms (median); % = floor / time."),
                   "", ("| dtype | size | cell | fused | gates: MB moved | gates: floor | gates: "
                   "fused | fused % | reference % | step: conv GFLOP | step: floor | step: fused "

@@ -109,7 +109,8 @@ def measure_roofs(device: torch.device | str = "cpu", dtype=torch.float32,
 
 # ------------------------------------------------------------------------------ machine
 def machine_info(device: torch.device | str = "cpu") -> dict:
-    """CPU model, threads, GPU, library versions, date, load average and git commit."""
+    """CPU model, threads, GPU, library versions, date, load average, git commit and the
+    environment variables that change the numbers (threads, allocator)."""
     device = torch.device(device)
     info = {
         "machine": platform.machine(),
@@ -121,6 +122,10 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "load_average": _load_average(),
         "commit": _git_commit(),
+        # what else decides the numbers: thread counts and allocator settings
+        "env": {k: v for k, v in sorted(os.environ.items())
+                if k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_PRELOAD")
+                or k.startswith("MALLOC_")},
     }
     try:
         import triton

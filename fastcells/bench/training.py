@@ -67,9 +67,13 @@ def build_model(name: str, cfg: TrainBenchConfig, variant: str):
         if getattr(cfg, key) is not None:
             kw[key] = getattr(cfg, key)
     backend = "reference" if variant in ("eager", "compiled") else "auto"
+    if variant == "fused_memeff":
+        kw["memory_efficient"] = True
     torch.manual_seed(0)
-    model = models.create(name, preset=cfg.preset, backend=backend,
-                          memory_efficient=variant == "fused_memeff", **kw)
+    try:
+        model = models.create(name, preset=cfg.preset, backend=backend, **kw)
+    except TypeError as e:  # e.g. memory_efficient for a model without recurrent cells
+        raise ValueError(f"models: {name!r} cannot be built as {variant!r}: {e}") from e
     if not any(isinstance(m, CellBase) for m in model.modules()):
         raise ValueError(f"models: {name!r} has no recurrent cells, so nothing to fuse; pick "
                          "models built on the cells")
