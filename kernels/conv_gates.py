@@ -35,9 +35,8 @@ import triton.language as tl
 
 from fastcells import _ext
 
-from .convlstm_gates import acc_dtype
-from .layout import flat_strides, load, new_like_layout, store
-from .lstm_math import memory_update, sigmoid, tanh
+from .convlstm_gates import acc_dtype, convlstm_epilogue
+from .layout import flat_strides, load, new_like_layout
 
 
 @triton.jit
@@ -101,7 +100,7 @@ def _forward_kernel(x, h, c_prev, wp, bias, zx, peep, h_out, c_out, acts,
     zi, zo = tl.split(even)
     zf, zg = tl.split(odd)
 
-    # Epilogue: the gate math of convlstm_gates._forward_kernel on the register tile.
+    # Epilogue: the gate math of convlstm_gates (convlstm_epilogue) on the register tile.
     n = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     nmask = n < C
     pp = p[:, None]
@@ -119,19 +118,8 @@ def _forward_kernel(x, h, c_prev, wp, bias, zx, peep, h_out, c_out, acts,
         zg += load(zx, b, n + 3 * C, pp, mask, zx_sb, zx_sc, zx_sp, ACC)
     zf += forget_bias
     cp = load(c_prev, b, n, pp, mask, cp_sb, cp_sc, cp_sp, ACC)
-    if HAS_PEEP:
-        zi += tl.load(peep + n, mask=nmask, other=0.0).to(ACC) * cp
-        zf += tl.load(peep + C + n, mask=nmask, other=0.0).to(ACC) * cp
-    i, f, g, c = memory_update(zi, zf, zg, cp)
-    if HAS_PEEP:
-        zo += tl.load(peep + 2 * C + n, mask=nmask, other=0.0).to(ACC) * c
-    o = sigmoid(zo)
-    store(h_out, o * tanh(c), b, n, pp, mask, ho_sb, ho_sc, ho_sp)
-    store(c_out, c, b, n, pp, mask, co_sb, co_sc, co_sp)
-    store(acts, i, b, n, pp, mask, a_sb, a_sc, a_sp)
-    store(acts, f, b, n + C, pp, mask, a_sb, a_sc, a_sp)
-    store(acts, o, b, n + 2 * C, pp, mask, a_sb, a_sc, a_sp)
-    store(acts, g, b, n + 3 * C, pp, mask, a_sb, a_sc, a_sp)
+    convlstm_epilogue(zi, zf, zo, zg, cp, peep, h_out, c_out, acts, b, n, pp, mask, C,
+                      ho_sb, ho_sc, ho_sp, co_sb, co_sc, co_sp, a_sb, a_sc, a_sp, HAS_PEEP, ACC)
 
 
 def _round_up(n: int, block: int) -> int:

@@ -29,6 +29,17 @@ def _forward_kernel(z, c_prev, h, c_out, acts, C, P,
     zo = load(z, b, ch + 2 * C, p, mask, z_sb, z_sc, z_sp, ACC)
     zg = load(z, b, ch + 3 * C, p, mask, z_sb, z_sc, z_sp, ACC)
     cp = load(c_prev, b, ch, p, mask, cp_sb, cp_sc, cp_sp, ACC)
+    convlstm_epilogue(zi, zf, zo, zg, cp, peep, h, c_out, acts, b, ch, p, mask, C,
+                      h_sb, h_sc, h_sp, c_sb, c_sc, c_sp, a_sb, a_sc, a_sp, HAS_PEEP, ACC)
+
+
+@triton.jit
+def convlstm_epilogue(zi, zf, zo, zg, cp, peep, h, c_out, acts, b, ch, p, mask, C,
+                      h_sb, h_sc, h_sp, c_sb, c_sc, c_sp, a_sb, a_sc, a_sp,
+                      HAS_PEEP: tl.constexpr, ACC: tl.constexpr):
+    """The ConvLSTM update of a tile from its pre-activations (forget bias included):
+    peepholes, memory, output gate, and the stores of h, c and ``acts = (i, f, o, g)``.
+    Shared by this kernel and the fused convolution's epilogue (kernels/conv_gates.py)."""
     if HAS_PEEP:
         cmask = ch < C
         zi += tl.load(peep + ch, mask=cmask, other=0.0).to(ACC) * cp
