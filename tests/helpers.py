@@ -61,3 +61,14 @@ def randomize(module: torch.nn.Module) -> None:
                 p.copy_(torch.randn_like(p) / fan_in ** 0.5)
             else:
                 p.copy_(torch.randn_like(p) * 0.5)
+
+
+def flat_outputs(out):
+    """The tensors of an op's output, in order (deltas tuples flattened, None dropped)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    flat = []
+    for o in out:
+        flat.extend(flat_outputs(o) if isinstance(o, (tuple, list))
+                    else ([o] if o is not None else []))
+    return flat

@@ -29,7 +29,7 @@ import fastcells as fc
 from fastcells import _ext, backends, ops
 from fastcells.ops import convlstm_gates, dual_memory_gates, output_gate
 
-from .helpers import CELL_CONFIGS, RTOL, assert_close, make_cells, rel_error
+from .helpers import CELL_CONFIGS, RTOL, assert_close, flat_outputs, make_cells, rel_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
@@ -183,15 +183,6 @@ def _inputs(name, b, h, w, dtype, device, layout="contiguous"):
     return xs, extra
 
 
-def _flat(out):
-    """The tensors of an op's output, in order (deltas tuples flattened, None dropped)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    flat = []
-    for o in out:
-        flat.extend(_flat(o) if isinstance(o, (tuple, list)) else ([o] if o is not None else []))
-    return flat
-
 
 def _run(fn, xs, extra, weights=None, dtype=None):
     """Outputs of fn on copies of the inputs (cast to ``dtype`` if given) and, with weights,
@@ -202,7 +193,7 @@ def _run(fn, xs, extra, weights=None, dtype=None):
 
     leaves = [prep(x) for x in xs]
     extra = tuple(prep(e) if isinstance(e, torch.Tensor) else e for e in extra)
-    out = _flat(fn(*leaves, *extra))
+    out = flat_outputs(fn(*leaves, *extra))
     if weights is None:
         return out, None
     tensors = [*leaves, *[e for e in extra if isinstance(e, torch.Tensor)]]
@@ -274,7 +265,7 @@ def test_gradcheck_float64(device, name):
     def fn(*ts):
         it = iter(ts[n:])
         args = [next(it) if isinstance(e, torch.Tensor) else e for e in extra]
-        return tuple(_flat(cuda(*ts[:n], *args)))
+        return tuple(flat_outputs(cuda(*ts[:n], *args)))
 
     assert torch.autograd.gradcheck(fn, tensors)
 
@@ -285,8 +276,8 @@ def test_unused_outputs_get_no_gradient(device, name):
     ref, cuda, _, _ = OPS[name]
     xs, extra = _inputs(name, 2, 5, 6, torch.float64, device)
     xs = [x.requires_grad_() for x in xs]
-    g_ref = torch.autograd.grad(_flat(ref(*xs, *extra))[0].sum(), xs, allow_unused=True)
-    g_cuda = torch.autograd.grad(_flat(cuda(*xs, *extra))[0].sum(), xs, allow_unused=True)
+    g_ref = torch.autograd.grad(flat_outputs(ref(*xs, *extra))[0].sum(), xs, allow_unused=True)
+    g_cuda = torch.autograd.grad(flat_outputs(cuda(*xs, *extra))[0].sum(), xs, allow_unused=True)
     for a, e in zip(g_cuda, g_ref):
         if e is None:
             assert a is None or a.abs().max() == 0
@@ -515,7 +506,7 @@ def test_runs_on_the_current_stream():
     after a long sleep there; a kernel launched on any other stream would read them before
     they are written (NaN) instead of after."""
     values, extra = _inputs("stlstm_deltas", 2, 33, 35, torch.float32, "cuda")
-    expected = _flat(ops.stlstm_gates_ref(*values, *extra))
+    expected = flat_outputs(ops.stlstm_gates_ref(*values, *extra))
     xs = [torch.full_like(v, float("nan")) for v in values]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -523,7 +514,7 @@ def test_runs_on_the_current_stream():
         torch.cuda._sleep(100_000_000)  # ~50 ms of GPU clock cycles
         for x, v in zip(xs, values):
             x.copy_(v)
-        out = _flat(ops.stlstm_gates_cuda(*xs, *extra))
+        out = flat_outputs(ops.stlstm_gates_cuda(*xs, *extra))
     torch.cuda.synchronize()
     for a, e in zip(out, expected):
         assert_close(a, e, RTOL[torch.float32])

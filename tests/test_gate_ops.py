@@ -6,7 +6,7 @@ import torch
 from fastcells import ops
 
 from .conftest import requires_cpp, requires_triton
-from .helpers import RTOL, assert_close, rel_error
+from .helpers import RTOL, assert_close, flat_outputs, rel_error
 
 C = 5
 BACKENDS = [pytest.param("cpp", marks=requires_cpp),
@@ -55,15 +55,6 @@ def _inputs(name, b, h, w, dtype, layout, requires_grad=True):
     return xs, extra
 
 
-def _flat(out):
-    """Differentiable tensors of an op's output, in order (deltas tuples flattened)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    flat = []
-    for o in out:
-        flat.extend(_flat(o) if isinstance(o, (tuple, list)) else ([o] if o is not None else []))
-    return flat
-
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(OPS))
@@ -75,7 +66,7 @@ def test_matches_reference(name, layout, shape, backend):
     b, h, w = shape
     dtype = torch.float32
     xs, extra = _inputs(name, b, h, w, dtype, layout)
-    out_ref, out_cpp = _flat(ref(*xs, *extra)), _flat(cpp(*xs, *extra))
+    out_ref, out_cpp = flat_outputs(ref(*xs, *extra)), flat_outputs(cpp(*xs, *extra))
     assert len(out_ref) == len(out_cpp)
     for i, (a, e) in enumerate(zip(out_cpp, out_ref)):
         assert_close(a, e, RTOL[dtype], f"{name} output {i}")
@@ -93,8 +84,8 @@ def test_unused_outputs_get_no_gradient(name, backend):
     """Only the first output reaches the loss: the others' gradients are treated as zero."""
     ref, cpp = _fns(name, backend)
     xs, extra = _inputs(name, 2, 5, 6, torch.float64, "contiguous")
-    g_ref = torch.autograd.grad(_flat(ref(*xs, *extra))[0].sum(), xs, allow_unused=True)
-    g_cpp = torch.autograd.grad(_flat(cpp(*xs, *extra))[0].sum(), xs, allow_unused=True)
+    g_ref = torch.autograd.grad(flat_outputs(ref(*xs, *extra))[0].sum(), xs, allow_unused=True)
+    g_cpp = torch.autograd.grad(flat_outputs(cpp(*xs, *extra))[0].sum(), xs, allow_unused=True)
     for a, e in zip(g_cpp, g_ref):
         if e is None:
             assert a is None or a.abs().max() == 0
@@ -116,7 +107,7 @@ def test_gradcheck_float64(name, backend):
     def fn(*ts):
         it = iter(ts[n:])
         args = [next(it) if isinstance(e, torch.Tensor) else e for e in extra]
-        return tuple(_flat(cpp(*ts[:n], *args)))
+        return tuple(flat_outputs(cpp(*ts[:n], *args)))
 
     assert torch.autograd.gradcheck(fn, tensors, fast_mode=fast)
 
@@ -126,7 +117,7 @@ def test_gradcheck_float64(name, backend):
 def test_float64_matches_reference_exactly(name, backend):
     ref, cpp = _fns(name, backend)
     xs, extra = _inputs(name, 2, 5, 3, torch.float64, "contiguous")
-    for a, e in zip(_flat(cpp(*xs, *extra)), _flat(ref(*xs, *extra))):
+    for a, e in zip(flat_outputs(cpp(*xs, *extra)), flat_outputs(ref(*xs, *extra))):
         assert_close(a, e, RTOL[torch.float64])
 
 
@@ -145,7 +136,7 @@ def test_triton_half_precision_error_within_twice_eager(name, layout, dtype):
         leaves = [t.detach().to(cast).requires_grad_() for t in leaves64]
         xs, it = leaves[:len(xs64)], iter(leaves[len(xs64):])
         extra = [next(it) if isinstance(e, torch.Tensor) else e for e in extra64]
-        outs = _flat(fn(*xs, *extra))
+        outs = flat_outputs(fn(*xs, *extra))
         torch.manual_seed(1)  # the same output gradients for every run
         grads = [torch.randn(o.shape, dtype=torch.float64).to(cast) for o in outs]
         return outs, torch.autograd.grad(outs, leaves, grads)

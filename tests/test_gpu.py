@@ -13,8 +13,8 @@ from fastcells import _ext, backends
 from fastcells.cuda_graphs import graph_sequence
 
 from .conftest import GPU_TESTS
-from .helpers import CELL_CONFIGS, assert_close, make_cells, rel_error
-from .test_gate_ops import OPS, _flat, _fns, _inputs
+from .helpers import CELL_CONFIGS, assert_close, flat_outputs, make_cells, rel_error
+from .test_gate_ops import OPS, _fns, _inputs
 
 if not (torch.cuda.is_available() and GPU_TESTS):
     pytest.skip("needs a CUDA GPU and FASTCELLS_GPU_TESTS=1 (benchmarks/gpu_suite.py sets it)",
@@ -50,7 +50,7 @@ def _cuda(ts):
 
 
 def _run_op(fn, xs, extra, out_grads=None):
-    outs = _flat(fn(*xs, *extra))
+    outs = flat_outputs(fn(*xs, *extra))
     leaves = [*xs, *[e for e in extra if isinstance(e, torch.Tensor)]]
     if out_grads is None:
         torch.manual_seed(1)

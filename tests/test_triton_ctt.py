@@ -271,28 +271,3 @@ def test_cell_compiles_fullgraph():
     g_r = torch.autograd.grad(out_r.sum(), [x, *ref.parameters()])
     for i, (a, e) in enumerate(zip(g_c, g_r)):
         assert_close(a, e, RTOL[torch.float32], f"grad {i}")
-
-
-def test_ops_register_as_triton_ops_outside_the_interpreter():
-    """Without TRITON_INTERPRET (a GPU machine) the ops are torch.library triton_ops, whose
-    schema torch infers from the launcher's signature: importing fastcells registers them
-    with the same arguments as the interpreter's custom ops."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import torch, fastcells\n"
-            "for name in ('ctt_chain_triton', 'ctt_chain_triton_backward'):\n"
-            "    print(getattr(torch.ops.fastcells, name).default._schema)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    forward, backward = out.stdout.strip().splitlines()
-    assert forward == ("fastcells::ctt_chain_triton(Tensor[] history, SymInt head, "
-                       "Tensor[] p_weights, Tensor[] p_biases, Tensor[] g_weights, "
-                       "Tensor[] g_biases) -> Tensor[]")
-    assert backward.startswith("fastcells::ctt_chain_triton_backward(Tensor grad, Tensor[] "
-                               "history, SymInt head, Tensor[] vs,")
-    assert backward.endswith("bool[] need_history, bool need_weights) -> (Tensor[], Tensor[], "
-                             "Tensor[], Tensor[], Tensor[])")

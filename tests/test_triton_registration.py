@@ -37,6 +37,16 @@ SCRIPT = textwrap.dedent("""
         assert h.shape == c2.shape == (2, 5, 7, 9) and acts.shape == (2, 20, 7, 9)
         assert acts.is_contiguous(memory_format=torch.channels_last)
     assert "Tensor? zx, Tensor? peephole" in str(f.conv_gates_triton.default._schema)
+    # The CTT chain's ops take lists (the history and the per-level weights).
+    forward = str(f.ctt_chain_triton.default._schema)
+    backward = str(f.ctt_chain_triton_backward.default._schema)
+    assert forward == ("fastcells::ctt_chain_triton(Tensor[] history, SymInt head, "
+                       "Tensor[] p_weights, Tensor[] p_biases, Tensor[] g_weights, "
+                       "Tensor[] g_biases) -> Tensor[]")
+    assert backward.startswith("fastcells::ctt_chain_triton_backward(Tensor grad, Tensor[] "
+                               "history, SymInt head, Tensor[] vs,")
+    assert backward.endswith("bool[] need_history, bool need_weights) -> (Tensor[], Tensor[], "
+                             "Tensor[], Tensor[], Tensor[])")
     print("ok")
 """)
 
