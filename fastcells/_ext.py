@@ -86,17 +86,54 @@ def cuda_extension():
 
 
 # ----------------------------------------------------------------------------- Triton
-TRITON_HINT = ("backend 'triton' needs the triton package: pip install triton "
+# The Triton releases fastcells is tested with (CI runs 3.6 and the newest; pyproject's
+# `triton` extra says the same). Older ones lack what the kernels use (tl.dot's out_dtype
+# with a float64 accumulator, the knobs the sm_90 compile test reads).
+TRITON_MIN = (3, 6)
+TRITON_REQUIREMENT = "triton>=3.6,<3.10"
+TRITON_HINT = (f"backend 'triton' needs the triton package: pip install '{TRITON_REQUIREMENT}' "
                "(GPU wheels of torch ship it)")
 
 
-def triton_available() -> bool:
-    """True when triton can be imported."""
+def _version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _module_version(name: str) -> str | None:
+    """``name.__version__``, or None when the module cannot be imported."""
     try:
-        import triton  # noqa: F401
+        return importlib.import_module(name).__version__
     except ImportError:
-        return False
-    return True
+        return None
+
+
+def triton_unavailable_reason() -> str | None:
+    """Why backend 'triton' cannot run here, with what to do; None when it can."""
+    triton = _module_version("triton")
+    if triton is None:
+        return TRITON_HINT
+    if _version_tuple(triton)[:2] < TRITON_MIN:
+        return (f"triton {triton} is older than the oldest release fastcells supports: "
+                f"pip install '{TRITON_REQUIREMENT}'")
+    if triton_interpreted() and _version_tuple(triton)[:2] < (3, 7):
+        numpy = _module_version("numpy") or "0"
+        if _version_tuple(numpy)[:2] >= (2, 4):
+            # triton < 3.7's interpreter converts 1-element arrays with int(), which numpy
+            # 2.4 refuses ("only 0-dimensional arrays can be converted to Python scalars")
+            # in every kernel with a loop over a runtime bound. Compiled GPU code is fine.
+            return (f"the interpreter of triton {triton} (TRITON_INTERPRET=1) fails with "
+                    f"numpy >= 2.4 (numpy {numpy} is installed): pip install 'numpy<2.4', "
+                    f"or triton >= 3.7")
+    return None
+
+
+def triton_available() -> bool:
+    """True when backend 'triton' can run here (:func:`triton_unavailable_reason`)."""
+    return triton_unavailable_reason() is None
 
 
 def triton_interpreted() -> bool:

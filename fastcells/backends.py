@@ -58,8 +58,10 @@ def validate_backend(name: str) -> str:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
     if name == "cpp":
         _ext.cpp_extension()  # ImportError with the build command
-    if name == "triton" and not _ext.triton_available():
-        raise ImportError(_ext.TRITON_HINT)
+    if name == "triton":
+        reason = _ext.triton_unavailable_reason()
+        if reason:
+            raise ImportError(reason)
     if name == "cuda":
         _ext.cuda_extension()
     return name

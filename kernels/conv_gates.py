@@ -88,12 +88,14 @@ def _forward_kernel(x, h, c_prev, wp, bias, zx, peep, h_out, c_out, acts,
                     a = tl.load(x_tap + k0 * x_sc, mask=inside & (kx[None, :] < Cin - k0),
                                 other=0.0)
                     wt = tl.load(wp + (w_row + k0 * NW) + wx_off)
-                    acc = tl.dot(a.to(DOT), wt.to(DOT), acc, input_precision=PRECISION)
+                    acc = tl.dot(a.to(DOT), wt.to(DOT), acc, input_precision=PRECISION,
+                                 out_dtype=ACC)
             h_tap = h_tile + shift * h_sp
             for k0 in range(0, RH, BLOCK_KH):
                 a = tl.load(h_tap + k0 * h_sc, mask=inside & (kh[None, :] < C - k0), other=0.0)
                 wt = tl.load(wp + (w_row + (RX + k0) * NW) + wh_off)
-                acc = tl.dot(a.to(DOT), wt.to(DOT), acc, input_precision=PRECISION)
+                acc = tl.dot(a.to(DOT), wt.to(DOT), acc, input_precision=PRECISION,
+                             out_dtype=ACC)
 
     # Column 4n + 2*q1 + q0 holds gate q = 2*q1 + q0 (order i, f, o, g) of channel n.
     even, odd = tl.split(tl.reshape(acc, (BLOCK_P, BLOCK_C, 2, 2)))  # q0 = 0, 1

@@ -76,8 +76,8 @@ def _round_bf16(x):
 
 @triton.jit
 def _conv_source(acc, x, sb, sc, sh, sw, cin, w, wso, wsi, wsh, wsw, b, ph, pw, pmask, co,
-                 H, W, COUT, K: tl.constexpr, FLIP: tl.constexpr, PREC: tl.constexpr,
-                 INTERP_BF16: tl.constexpr, BLOCK_R: tl.constexpr):
+                 H, W, COUT, K: tl.constexpr, FLIP: tl.constexpr, ACC: tl.constexpr,
+                 PREC: tl.constexpr, INTERP_BF16: tl.constexpr, BLOCK_R: tl.constexpr):
     """acc[p, o] += sum_{tap, i} x[b, i, p + tap - K//2] * w[o, i, tap] (w flipped if FLIP).
 
     The reduction runs over the flattened index r = tap * cin + i (K*K*cin of them) in
@@ -109,7 +109,7 @@ def _conv_source(acc, x, sb, sc, sh, sw, cin, w, wso, wsi, wsh, wsw, b, ph, pw, 
         if INTERP_BF16:  # bfloat16 in the interpreter: module docstring
             a = a.to(tl.float32)
             wt = wt.to(tl.float32)
-        acc = tl.dot(a, wt, acc, input_precision=PREC)
+        acc = tl.dot(a, wt, acc, input_precision=PREC, out_dtype=ACC)
     return acc
 
 
@@ -138,19 +138,19 @@ def _conv_sum_kernel(
     pw = p % W
     acc = tl.zeros((BLOCK_P, BLOCK_CO), ACC)
     acc = _conv_source(acc, x0, x0_sb, x0_sc, x0_sh, x0_sw, c0, w0, w0_so, w0_si, w0_sh,
-                       w0_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC, INTERP_BF16,
+                       w0_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, ACC, PREC, INTERP_BF16,
                        BLOCK_R)
     if NUM_SRC > 1:
         acc = _conv_source(acc, x1, x1_sb, x1_sc, x1_sh, x1_sw, c1, w1, w1_so, w1_si, w1_sh,
-                           w1_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC,
+                           w1_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, ACC, PREC,
                            INTERP_BF16, BLOCK_R)
     if NUM_SRC > 2:
         acc = _conv_source(acc, x2, x2_sb, x2_sc, x2_sh, x2_sw, c2, w2, w2_so, w2_si, w2_sh,
-                           w2_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC,
+                           w2_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, ACC, PREC,
                            INTERP_BF16, BLOCK_R)
     if NUM_SRC > 3:
         acc = _conv_source(acc, x3, x3_sb, x3_sc, x3_sh, x3_sw, c3, w3, w3_so, w3_si, w3_sh,
-                           w3_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, PREC,
+                           w3_sw, b, ph, pw, pmask, co, H, W, COUT, K, FLIP, ACC, PREC,
                            INTERP_BF16, BLOCK_R)
     omask = pmask[:, None] & (co < COUT)[None, :]
     if READ_ACC:
@@ -241,7 +241,7 @@ def _wgrad_kernel(
                          mask=pm & cv0 & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W), other=0.0)
             if INTERP_BF16:
                 xt = xt.to(tl.float32)
-            acc0 = tl.dot(gt, xt, acc0, input_precision=PREC)
+            acc0 = tl.dot(gt, xt, acc0, input_precision=PREC, out_dtype=ACC)
             if NUM_SRC > 1:
                 hh = ph + dh1
                 ww = pw + dw1
@@ -250,7 +250,7 @@ def _wgrad_kernel(
                              other=0.0)
                 if INTERP_BF16:
                     xt = xt.to(tl.float32)
-                acc1 = tl.dot(gt, xt, acc1, input_precision=PREC)
+                acc1 = tl.dot(gt, xt, acc1, input_precision=PREC, out_dtype=ACC)
             if NUM_SRC > 2:
                 hh = ph + dh2
                 ww = pw + dw2
@@ -259,7 +259,7 @@ def _wgrad_kernel(
                              other=0.0)
                 if INTERP_BF16:
                     xt = xt.to(tl.float32)
-                acc2 = tl.dot(gt, xt, acc2, input_precision=PREC)
+                acc2 = tl.dot(gt, xt, acc2, input_precision=PREC, out_dtype=ACC)
             if NUM_SRC > 3:
                 hh = ph + dh3
                 ww = pw + dw3
@@ -268,7 +268,7 @@ def _wgrad_kernel(
                              other=0.0)
                 if INTERP_BF16:
                     xt = xt.to(tl.float32)
-                acc3 = tl.dot(gt, xt, acc3, input_precision=PREC)
+                acc3 = tl.dot(gt, xt, acc3, input_precision=PREC, out_dtype=ACC)
         offs = o[:, None] * pt_o + col[None, :]
         smask = omask[:, None] & (col < NCOL)[None, :]
         tl.store(dst + offs, acc0, mask=smask)

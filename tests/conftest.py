@@ -1,3 +1,4 @@
+import json
 import os
 
 import torch
@@ -48,3 +49,55 @@ def _poison_kernel_outputs():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(int(os.environ.get("FASTCELLS_TEST_SEED", "0")))
+
+
+@pytest.fixture(autouse=True)
+def _poisoning_still_on():
+    """Every test starts with kernel outputs NaN-filled: a test that switched poisoning off
+    and did not restore it would make every later test weaker, depending on test order."""
+    if _ext.triton_available():
+        from fastcells.kernels import layout
+
+        assert layout.POISON[0], "an earlier test left Triton output poisoning off"
+    yield
+
+
+# ------------------------------------------------------------- sharding and records
+# benchmarks/gpu_suite.py runs the GPU tests as several pytest processes at once (Triton
+# compiles on the CPU, one kernel at a time per process) and must keep what a run killed
+# at its deadline had already found:
+#   FASTCELLS_TEST_SHARD=i/n     run every n-th test from the i-th (collection order)
+#   FASTCELLS_TEST_RECORDS=PATH  append one JSON line per test outcome to PATH, as it ends
+def pytest_collection_modifyitems(config, items):
+    shard = os.environ.get("FASTCELLS_TEST_SHARD")
+    if not shard:
+        return
+    try:
+        index, count = (int(v) for v in shard.split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"FASTCELLS_TEST_SHARD must be i/n with 0 <= i < n, "
+                                f"got {shard!r}")
+    config.hook.pytest_deselected(items=[t for i, t in enumerate(items) if i % count != index])
+    items[:] = [t for i, t in enumerate(items) if i % count == index]
+
+
+def pytest_runtest_logreport(report):
+    path = os.environ.get("FASTCELLS_TEST_RECORDS")
+    if not path:
+        return
+    # one line per test: its call outcome, or a setup/teardown that failed or skipped
+    if report.when != "call" and report.outcome == "passed":
+        return
+    message = ""
+    if report.outcome == "skipped" and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2])
+    elif report.outcome == "failed":
+        message = report.longreprtext.strip().splitlines()[-1][:500] if report.longreprtext \
+            else ""
+    record = {"kind": "test", "nodeid": report.nodeid, "when": report.when,
+              "outcome": report.outcome, "seconds": round(report.duration, 3),
+              "message": message}
+    with open(path, "a") as f:  # one write per line: concurrent shards do not interleave
+        f.write(json.dumps(record) + "\n")

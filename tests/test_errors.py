@@ -1,6 +1,7 @@
 """Bad input raises a clear ValueError/TypeError naming the argument, before any kernel runs;
 unavailable backends raise with instructions; auto falls back (with one warning) only when
 the extension is missing."""
+import re
 import warnings
 
 import pytest
@@ -154,9 +155,36 @@ def test_missing_cuda_extension_explicit_backend_raises():
 
 
 def test_missing_triton_explicit_backend_raises(monkeypatch):
-    monkeypatch.setattr(_ext, "triton_available", lambda: False)
-    with pytest.raises(ImportError, match="pip install triton"):
+    monkeypatch.setattr(_ext, "_module_version", lambda name: None)  # nothing importable
+    assert not _ext.triton_available()
+    with pytest.raises(ImportError, match=r"pip install 'triton>=3.6,<3.10'"):
         fc.ConvLSTMCell(3, 4, backend="triton")
+
+
+def _fake_triton(monkeypatch, version, numpy_version, interpreted):
+    versions = {"triton": version, "numpy": numpy_version}
+    monkeypatch.setattr(_ext, "_module_version", versions.get)
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpreted else "0")
+
+
+@pytest.mark.parametrize("version,numpy_version,interpreted,problem", [
+    ("3.9.0", "2.4.6", True, None),
+    ("3.6.0", "2.3.5", True, None),
+    ("3.6.0", "2.4.0", False, None),        # compiled GPU code does not use numpy
+    ("3.6.0", "2.4.0", True, "numpy<2.4"),  # the 3.6 interpreter breaks on numpy 2.4
+    ("3.7.1", "2.4.6", True, None),
+    ("3.5.1", "2.3.5", False, "older than"),
+    ("3.10.0+git1234", "2.4.6", True, None),
+])
+def test_triton_versions(monkeypatch, version, numpy_version, interpreted, problem):
+    _fake_triton(monkeypatch, version, numpy_version, interpreted)
+    reason = _ext.triton_unavailable_reason()
+    if problem is None:
+        assert reason is None and _ext.triton_available()
+    else:
+        assert problem in reason and not _ext.triton_available()
+        with pytest.raises(ImportError, match=re.escape(problem)):
+            fc.ConvLSTMCell(3, 4, backend="triton")
 
 
 @pytest.mark.parametrize("cuda_built", [True, False])

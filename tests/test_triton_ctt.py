@@ -19,10 +19,13 @@ pytestmark = requires_triton
 
 @pytest.fixture(autouse=True)
 def _poison():
+    """NaN-filled outputs for these tests, and afterwards whatever was set before (the
+    conftest's session-wide setting), so that test order does not matter."""
     from fastcells.kernels import layout
+    before = layout.POISON[0]
     layout.POISON[0] = True
     yield
-    layout.POISON[0] = False
+    layout.POISON[0] = before
 
 
 def _state(b, c, h, w, dtype, layout):

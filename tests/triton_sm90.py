@@ -142,6 +142,14 @@ def _backend():
     return _BACKEND[0]
 
 
+# The compilation knobs ``JITFunction.run`` passes to the binder as launch keywords, in the
+# Triton versions this project supports (pyproject): 3.6 has instrumentation_mode, 3.9 adds
+# fpsan_homomorphic_casts. Only those the installed Triton has: the binder of one that lacks
+# a knob rejects it as an unknown keyword.
+_RUN_COMPILATION_KNOBS = tuple(k for k in ("instrumentation_mode", "fpsan_homomorphic_casts")
+                               if hasattr(knobs.compilation, k))
+
+
 def specialize(kernel, args, kwargs) -> Specialization:
     """The specialization ``kernel[grid](*args, **kwargs)`` gets on an sm_90 GPU, from
     Triton's JIT binder (what ``JITFunction.run`` does before compiling) built for that
@@ -155,8 +163,8 @@ def specialize(kernel, args, kwargs) -> Specialization:
     kwargs = dict(kwargs)
     # the compile options JITFunction.run adds to the launch's keywords
     kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
-    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-    kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    for option in _RUN_COMPILATION_KNOBS:
+        kwargs[option] = getattr(knobs.compilation, option)
     bound, spec, options = _BINDERS[kernel](*args, **kwargs)
     key = str(spec) + str(options)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec,
