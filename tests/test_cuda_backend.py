@@ -16,7 +16,6 @@ import glob
 import hashlib
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -521,20 +520,7 @@ def test_runs_on_the_current_stream():
 
 
 # ============================================================================ build
-def _cuda_home():
-    """A CUDA toolkit with nvcc and the runtime headers, or None."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    for home in candidates:
-        if home and os.path.exists(os.path.join(home, "bin", "nvcc")) and \
-                os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
-            return home
-    return None
-
-
-CUDA_HOME = _cuda_home()
+CUDA_HOME = SETUP.find_cuda_home()[0]  # setup.py decides, for the build and these tests
 requires_nvcc = pytest.mark.skipif(CUDA_HOME is None,
                                    reason="no CUDA toolkit (nvcc) on this machine")
 CU_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CUDA_DIR, "*.cu")))
@@ -669,6 +655,63 @@ def test_setup_flags():
     flags = " ".join(SETUP.CUDA_ARCH_FLAGS)
     assert "arch=compute_80,code=sm_80" in flags and "code=[sm_90,compute_90]" in flags
     assert "--use_fast_math" not in SETUP.NVCC_FLAGS
+    assert SETUP.cuda_arch_flags({}) == SETUP.CUDA_ARCH_FLAGS
+    # the GPU suite builds for the GPU it runs on: torch turns the list into -gencode flags
+    assert SETUP.cuda_arch_flags({"TORCH_CUDA_ARCH_LIST": "9.0"}) == []
+
+
+def _fake_toolkit(root, nvcc_body=None, headers=True):
+    """A folder laid out like a CUDA toolkit; bin/nvcc answers a dry run as nvcc does."""
+    (root / "bin").mkdir(parents=True)
+    inc = root / "targets" / "x86_64-linux" / "include"
+    inc.mkdir(parents=True)
+    if headers:
+        (inc / "cuda_runtime.h").write_text("")
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text(nvcc_body or f"#!/bin/sh\necho '#$ TOP={root}/bin/..' >&2\n")
+    nvcc.chmod(0o755)
+    return nvcc
+
+
+def test_find_cuda_home_follows_a_wrapper_script(tmp_path):
+    """torch guesses the folder above the nvcc on PATH; for a wrapper script in another folder
+    (/usr/local/bin/nvcc running the toolkit's nvcc, as on this machine) that is /usr/local,
+    which has no CUDA headers. setup.py asks nvcc itself."""
+    real = _fake_toolkit(tmp_path / "cuda-13.0")
+    wrapper = tmp_path / "usr" / "local" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    home, found = SETUP.find_cuda_home({}, which=lambda name: str(wrapper))
+    assert home == str((tmp_path / "cuda-13.0").resolve())
+    assert f"runs {os.path.join(home, 'bin', 'nvcc')}" in found and str(wrapper) in found
+
+
+def test_find_cuda_home_honours_and_checks_the_environment(tmp_path):
+    kit = tmp_path / "kit"
+    _fake_toolkit(kit)
+    no_nvcc = lambda name: None  # noqa: E731
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home, found = SETUP.find_cuda_home({var: str(kit)}, which=no_nvcc)
+        assert home == str(kit.resolve()) and found == f"{var}={kit}"
+    # a setting that names no toolkit is reported, not silently replaced by another one
+    home, why = SETUP.find_cuda_home({"CUDA_HOME": str(tmp_path)}, which=no_nvcc)
+    assert home is None and "CUDA_HOME" in why and "not a CUDA toolkit" in why
+    headerless = tmp_path / "headerless"
+    nvcc = _fake_toolkit(headerless, headers=False)
+    home, why = SETUP.find_cuda_home({}, which=lambda name: str(nvcc),
+                                     fallback=str(tmp_path / "none"))
+    assert home is None and "names no toolkit with headers" in why and "none" in why
+    home, found = SETUP.find_cuda_home({}, which=no_nvcc, fallback=str(kit))
+    assert home == str(kit.resolve()) and found == str(kit)
+
+
+def test_setup_reports_the_toolkit_it_builds_with():
+    build, why = SETUP.cuda_build_decision({}, "13.0", "/opt/cuda", "nvcc on PATH: /x/nvcc")
+    assert build and "toolkit at /opt/cuda, found by nvcc on PATH: /x/nvcc" in why
+    with pytest.raises(RuntimeError, match="CUDA_HOME=/nope is not a CUDA toolkit"):
+        SETUP.cuda_build_decision({"FASTCELLS_CUDA": "1"}, "13.0", None,
+                                  "CUDA_HOME=/nope is not a CUDA toolkit")
 
 
 def test_setup_on_this_torch(monkeypatch):
