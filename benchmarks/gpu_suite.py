@@ -1,278 +1,354 @@
-"""Everything a lent GPU should do, in one call: build, test, benchmark, write results.
+"""What a lent GPU must do, in two calls of the device tool that fit its 15 minutes.
 
-    python3 benchmarks/gpu_suite.py [--out DIR] [--quick] [--skip-build] [--skip-tests]
+A session whose device ``status`` says ``can_start_another: true`` runs, before anything
+else (the second call at once after the first returns, while the machine is warm: it goes
+back after 30 s idle, and a fresh one costs its start again and rebuilds)::
 
-Steps (each logged; a failing step is recorded and the next still runs):
-1. machine info: GPU name, driver, torch/triton/nvcc versions, date;
-2. build the CPU and CUDA extensions in place (``FASTCELLS_CUDA=1 python setup.py
-   build_ext --inplace``; sm_80 and sm_90 code);
-3. the GPU tests: ``FASTCELLS_GPU_TESTS=1 pytest tests/test_gpu.py tests/test_cuda_backend.py``
-   (both GPU backends against the reference on CUDA tensors, inductor, CUDA graphs);
-4. the device-to-device copy bandwidth (the ceiling of the gate kernels);
-5. ``python -m fastcells.bench kernels`` on CUDA: gate kernels and cell steps, fp32 and
-   bf16, B=4 C=32 and B=16 C=64 at 64x64 (and the 180x180 radar size), every backend plus
-   eager and ``torch.compile`` of the reference, saved bytes and peak memory;
-6. ``python -m fastcells.bench train`` on CUDA: training-cost tables (MS-LSTM format) of
-   convlstm, predrnn and ms_lstm (mmnist preset, B=16), eager vs fused vs compiled, and
-   memory_efficient;
-7. whole sequences eager vs captured in a CUDA graph (:mod:`fastcells.cuda_graphs`);
-8. the fused implicit-GEMM convolution + gates (``ConvLSTMCell(fused_conv=True)``) against
-   cuDNN convolution + the Triton gate kernel, forward and forward+backward (it is off by
-   default until this says it pays);
-9. the ``backend="auto"`` rule this GPU measures (fastest backend per cell from step 5),
-   compared with :data:`fastcells.backends.AUTO_PREFERENCE`.
+    1. run, timeout_s=420:
+       PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --phase tests --out $OUT
+    2. run, timeout_s=600:
+       PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --phase bench --out $OUT --budget B
 
-Writes ``gpu_suite.json`` and ``gpu_suite.md`` (summary), the bench files
-(``cuda_kernels.*``, ``cuda_train.*``) and the logs into ``--out`` (default
-``benchmarks/results/gpu``; on the device tool, pass ``--out $OUT`` to bring them back and
-commit them under ``benchmarks/results/gpu/``).
+with B = the ``budget_left_s`` that ``status`` shows after call 1, minus 60 (at most 540,
+the default). Then, here, for each call's files (``files_at``)::
+
+    python3 benchmarks/gpu_report.py merge <files_at of call 1> <files_at of call 2>
+
+which merges both calls into ``benchmarks/results/gpu/gpu_suite.json`` and renders
+``benchmarks/results/gpu/*.md`` and README's GPU block from it (``make gpu-results``
+re-renders). Commit those. ``python3 benchmarks/gpu_suite.py --plan`` shows the steps,
+their estimated seconds on an H200 and the budget of each phase.
+
+Phases and steps (in priority order: when the budget runs short, the last ones go):
+
+- ``tests`` (default budget 330 s): the machine; build the CUDA extension only
+  (``FASTCELLS_SKIP_CPP=1``, ninja on every core, ``TORCH_CUDA_ARCH_LIST`` of the GPU
+  found); the working tree as copied (``fastcells/kernels`` link, both GPU backends load,
+  one tiny step each); the GPU tests (tests/test_gpu.py, tests/test_cuda_backend.py: both
+  GPU backends against the reference on CUDA tensors, every op, cell and dtype, inductor,
+  CUDA graphs) as parallel pytest shards that never stop at the first failure.
+- ``bench`` (default budget 540 s): the machine; the build (quick when the tests phase
+  left it); copy bandwidth and matmul roofs; gate kernels and cell steps at B=4 C=32 and
+  B=16 C=64, 64x64, fp32 and bf16, every backend and memory_efficient against eager;
+  training iterations of convlstm, predrnn and ms_lstm (mmnist, B=16) eager vs fused vs
+  memory_efficient with peak memory; the measured ``auto`` rule; ``fused_conv`` against
+  cuDNN + the gate kernel; whole sequences eager vs CUDA graphs; ``torch.compile`` of the
+  reference at one size and dtype (its compile time is the cost).
+
+Budget: each step runs in a process of its own with a deadline taken from what is left
+(at most twice its estimate plus a minute); a step whose estimate no longer fits is not
+started and is recorded as skipped; a step killed at its deadline keeps what it had
+emitted. The summary (``gpu_suite.json``: machine, versions, date, every step's status,
+duration and figures) and its Markdown (``gpu_suite.md``) are rewritten after every step
+and every 15 s while one runs, so a call killed at any point still brings back everything
+done so far; ``gpu_suite.log`` has every step's output. Three files in ``--out``.
+
+``--dry-run`` runs every step's own code on this CPU with tiny sizes (Triton through the
+interpreter, CUDA-only calls recorded as "skipped: no GPU"); tests/test_gpu_suite.py runs
+it, so a crash of the suite shows in CI and not in the lease.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import importlib
 import json
 import os
-import platform
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(ROOT), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import gpu_report  # noqa: E402
+
+PHASES = ("tests", "bench")
+DEFAULT_BUDGET = {"tests": 330.0, "bench": 540.0}
+RESERVE_S = 10.0  # kept back from every deadline for the last summary write
+POLL_S = 15.0
+# A step's deadline: what is left of the budget, at most FACTOR x its estimate + SLACK (an
+# estimate can be off; a hung step must not take the steps after it down too).
+DEADLINE_FACTOR, DEADLINE_SLACK_S = 2.0, 60.0
+FILES = ("gpu_suite.json", "gpu_suite.md", "gpu_suite.log")
 
 
-def _run(cmd: list[str], log: Path, env: dict | None = None, timeout: float = 1800) -> dict:
-    """Runs a command, teeing its output into ``log``; returns status and duration."""
-    start = time.time()
-    print(f"\n$ {' '.join(cmd)}", flush=True)
-    with open(log, "w") as f:
+@dataclass(frozen=True)
+class Step:
+    name: str
+    target: str  # "module:function" taking a gpu_steps.Context
+    estimate_s: float  # on an H200 (16 cores), from a fresh machine: the reasoning below
+    why: str  # the estimate's reasoning
+
+
+# Estimates, H200 + 16 cores. Triton compiles each kernel specialization on one CPU core
+# (about 1 s each for the gate kernels, 2-5 s for the implicit-GEMM ones); nvcc builds the
+# three .cu files and the bindings in parallel for sm_90 alone.
+STEPS = {
+    "tests": [
+        Step("machine", "gpu_steps:machine", 5, "nvcc/nvidia-smi queries"),
+        Step("build", "gpu_steps:build", 100,
+             "3 .cu files (sm_90 only) and bindings.cpp (torch headers, ~60 s) in parallel"),
+        Step("imports", "gpu_steps:imports", 25,
+             "import, CUDA init, 2 tiny steps (~8 Triton compiles)"),
+        Step("gpu_tests", "gpu_steps:gpu_tests", 180,
+             "~700 tests in 8 shards; ~250 Triton specializations (gate kernels: 4 ops x 4 "
+             "dtypes x 3 layouts x fwd/bwd; cells; CTT; fused conv) at ~1-3 s, spread over "
+             "8 processes, plus the CUDA tests' nvcc emulation build (~40 s, shard-local)"),
+    ],
+    "bench": [
+        Step("machine", "gpu_steps:machine", 5, "nvcc/nvidia-smi queries"),
+        Step("build", "gpu_steps:build", 10,
+             "nothing to do right after the tests call (warm machine, build kept); on a "
+             "fresh machine ~100 s, and then the last step does not fit and is skipped"),
+        Step("copy_bandwidth", "gpu_steps:copy_bandwidth", 10,
+             "1 GiB copies and 8192^2 matmuls, fp32 and bf16"),
+        Step("kernels_small", "gpu_steps:kernels_small", 80,
+             "64 rows (2 dtypes x 4 cells x gates/step x fwd/fwd+bwd) at ~0.4 s, ~40 "
+             "Triton compiles (~1 s) not yet cached, peak memory per step"),
+        Step("kernels_large", "gpu_steps:kernels_large", 50,
+             "the same rows, compiles cached; 4x the work per call"),
+        Step("train", "gpu_steps:train", 75,
+             "3 models x 3 variants at B=16, ~0.1-0.3 s per iteration, 8 iterations each "
+             "(warm-up, peak, 5 timed) plus the saved-bytes pass and new specializations"),
+        Step("auto_rule", "gpu_steps:auto_rule", 5, "reads the kernel rows"),
+        Step("fused_conv", "gpu_steps:fused_conv", 60,
+             "8 configurations; the implicit-GEMM kernel compiles in ~3-5 s each"),
+        Step("cuda_graphs", "gpu_steps:cuda_graphs", 40,
+             "4 layers x 2 backends: capture, then ~0.5 s of timing each"),
+        Step("compiled", "gpu_steps:compiled", 110,
+             "inductor compiles 4 cell steps forward+backward, ~20-30 s each"),
+    ],
+}
+
+
+def plan_text(budgets: dict | None = None) -> str:
+    budgets = budgets or DEFAULT_BUDGET
+    lines = []
+    for phase in PHASES:
+        total = 0.0
+        lines += [f"phase {phase}: budget {budgets[phase]:.0f} s (one device call of at most "
+                  f"600 s)", f"  {'step':16s} {'est. s':>7s} {'cum. s':>7s}  why"]
+        for step in STEPS[phase]:
+            total += step.estimate_s
+            lines.append(f"  {step.name:16s} {step.estimate_s:7.0f} {total:7.0f}  {step.why}")
+        verdict = "fits" if total + RESERVE_S <= budgets[phase] else "DOES NOT FIT"
+        lines += [f"  total {total:.0f} s + {RESERVE_S:.0f} s reserve: {verdict} in "
+                  f"{budgets[phase]:.0f} s", ""]
+    lines.append("Estimates are for an H200 with 16 cores from a fresh machine; a machine's "
+                 "start (a minute or more) counts against the lease but not against these "
+                 "budgets.")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- summary
+def load_summary(path: Path, dry: bool) -> dict:
+    """The summary in ``path`` (another phase run into the same folder) or a new one."""
+    if path.exists():
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=timeout)
-            out, rc = proc.stdout, proc.returncode
-        except subprocess.TimeoutExpired as exc:
-            out, rc = (exc.stdout or "") if isinstance(exc.stdout, str) else "", "timeout"
-        f.write(out)
-    tail = "\n".join(out.splitlines()[-15:])
-    print(tail, flush=True)
-    return {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.time() - start, 1),
-            "log": log.name, "tail": tail}
+            summary = json.loads(path.read_text())
+            if summary.get("schema") == gpu_report.SCHEMA and summary.get("dry_run") == dry:
+                return summary
+        except json.JSONDecodeError:
+            pass
+        raise SystemExit(f"{path} exists and is not this suite's summary of a "
+                         f"{'dry' if dry else 'GPU'} run: use an empty --out")
+    return {"schema": gpu_report.SCHEMA, "suite": "benchmarks/gpu_suite.py", "dry_run": dry,
+            "phases": {}}
 
 
-def machine() -> dict:
-    import torch
+def write_summary(out: Path, summary: dict) -> None:
+    for name, text in (("gpu_suite.json", json.dumps(summary, indent=1, default=str)),
+                       ("gpu_suite.md", gpu_report.render_summary(summary))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)  # a kill never leaves half a file
 
-    info = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "cuda_runtime": torch.version.cuda}
+
+def read_records(path: Path) -> list:
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # the last line of a killed writer
+                pass
+    return records
+
+
+# ----------------------------------------------------------------------------- running
+def _kill(proc: subprocess.Popen) -> None:
     try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, capability=f"{p.major}.{p.minor}",
-                    multiprocessors=p.multi_processor_count,
-                    memory_gib=round(p.total_memory / 2**30, 1))
-    for tool, args in (("nvcc", ["--version"]), ("nvidia-smi", ["--query-gpu=driver_version",
-                                                                "--format=csv,noheader"])):
-        if shutil.which(tool):
-            out = subprocess.run([tool, *args], capture_output=True, text=True).stdout
-            info[tool] = out.strip().splitlines()[-1] if out.strip() else None
-    return info
+        os.killpg(proc.pid, signal.SIGKILL)  # the step and its children (pytest shards)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
-def copy_bandwidth(nbytes: int = 2 * 2**30) -> float:
-    """Device-to-device copy in GB/s, counting bytes read plus bytes written."""
-    import torch
-    from triton.testing import do_bench
+def run_step(step: Step, deadline_s: float, ctx_args: list, log, summary_cb) -> dict:
+    """Runs ``step`` in its own process group; returns its status, seconds and records."""
+    work = Path(tempfile.mkdtemp(prefix=f"gpu_suite_{step.name}_"))
+    records = work / "records.jsonl"
+    scratch = work / "scratch"
+    scratch.mkdir()
+    cmd = [sys.executable, str(HERE / "gpu_suite.py"), "--run-step", step.target,
+           "--records", str(records), "--scratch", str(scratch), *ctx_args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), str(HERE),
+                                                     os.environ.get("PYTHONPATH")) if p)}
+    log.write(f"\n===== step {step.name} (deadline {deadline_s:.0f} s) =====\n")
+    log.flush()
+    started = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    status = None
+    while status is None:
+        left = deadline_s - (time.time() - started)
+        try:
+            rc = proc.wait(timeout=max(0.1, min(POLL_S, left)))
+            status = "ok" if rc == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            if time.time() - started >= deadline_s:
+                _kill(proc)
+                status = "timeout"
+            else:
+                summary_cb(read_records(records))  # partial results reach the summary
+    seconds = time.time() - started
+    for child_log in sorted(scratch.glob("*.log")):  # e.g. the pytest shards' output
+        log.write(f"\n----- {step.name}: {child_log.name} -----\n{child_log.read_text()}")
+    log.flush()
+    result = {"status": status, "seconds": round(seconds, 1), "records": read_records(records)}
+    shutil.rmtree(work, ignore_errors=True)
+    return result
 
-    a = torch.randn(nbytes // 4, device="cuda")
-    b = torch.empty_like(a)
-    ms = do_bench(lambda: b.copy_(a), warmup=50, rep=300, return_mode="median")
-    return 2 * a.numel() * 4 / (ms * 1e-3) / 1e9
 
-
-def graphs_vs_eager(quick: bool) -> list[dict]:
-    """fwd+bwd of a 2-layer, T=10 sequence at the papers' small batch, eager vs graphed."""
-    import torch
-    from triton.testing import do_bench
-
-    import fastcells as fc
-    from fastcells.backends import supports
-    from fastcells.cuda_graphs import graph_sequence
-
-    rows = []
-    layers = {"convlstm": fc.ConvLSTM, "stlstm": fc.SpatioTemporalLSTM, "mklstm": fc.MKLSTM,
-              "convttlstm": fc.ConvTTLSTM}
-    for name, cls in layers.items():
-        for backend in ("triton", "cuda"):
-            if not supports(backend, torch.device("cuda"), torch.float32):
+def run_phase(phase: str, steps: list, budget_s: float, out: Path, dry: bool,
+              echo=print) -> dict:
+    """Runs ``steps`` in order within ``budget_s``; the summary is in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = load_summary(out / "gpu_suite.json", dry)
+    state = {"budget_s": budget_s, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+             "elapsed_s": 0.0, "finished": False,
+             "steps": {s.name: {"status": "pending", "estimate_s": s.estimate_s}
+                       for s in steps}}
+    summary["phases"][phase] = state
+    start = time.time()
+    ctx_args = ["--dry-run"] if dry else []
+    ctx_args += ["--summary", str(out / "gpu_suite.json")]
+    with open(out / "gpu_suite.log", "a") as log:
+        log.write(f"===== phase {phase}, budget {budget_s:.0f} s, "
+                  f"{'dry run' if dry else 'GPU'} =====\n")
+        for step in steps:
+            entry = state["steps"][step.name]
+            left = budget_s - (time.time() - start) - RESERVE_S
+            if left < step.estimate_s and not dry:
+                entry.update(status="skipped",
+                             reason=f"would not fit: estimated {step.estimate_s:.0f} s, "
+                                    f"{max(left, 0):.0f} s left of the budget")
+                echo(f"[{phase}] {step.name}: skipped ({entry['reason']})")
+                write_summary(out, summary)
                 continue
-            layer = cls(1, 32, num_layers=2, backend=backend).cuda()
-            x = torch.randn(4, 5 if quick else 10, 1, 64, 64, device="cuda")
+            deadline = max(1.0, min(left, DEADLINE_FACTOR * step.estimate_s + DEADLINE_SLACK_S))
+            entry.update(status="running", deadline_s=round(deadline))
+            state["elapsed_s"] = round(time.time() - start, 1)
+            write_summary(out, summary)
+            echo(f"[{phase}] {step.name}: running (estimate {step.estimate_s:.0f} s, "
+                 f"deadline {deadline:.0f} s)")
 
-            def eager():
-                layer(x)[0].square().sum().backward()
+            def partial(records, entry=entry):
+                entry.update(gpu_report.digest(records))
+                state["elapsed_s"] = round(time.time() - start, 1)
+                write_summary(out, summary)
 
-            graphed = graph_sequence(layer, x)
-
-            def replay():
-                graphed(x).square().sum().backward()
-
-            t_e = do_bench(eager, warmup=25, rep=200, return_mode="median")
-            t_g = do_bench(replay, warmup=25, rep=200, return_mode="median")
-            rows.append({"cell": name, "backend": backend, "eager_ms": t_e, "graph_ms": t_g,
-                         "speedup": t_e / t_g})
-            print(f"graphs {name:10s} {backend:6s} eager {t_e:7.2f} ms  graph {t_g:7.2f} ms "
-                  f"({t_e / t_g:.2f}x)", flush=True)
-    return rows
-
-
-def fused_conv_vs_unfused(quick: bool) -> list[dict]:
-    """ConvLSTM step on triton with and without the fused convolution + gates kernel."""
-    import torch
-    from triton.testing import do_bench
-
-    import fastcells as fc
-
-    rows = []
-    sizes = [(4, 32), (16, 64)] if not quick else [(4, 32)]
-    for (batch, channels) in sizes:
-        for k in (3, 5):
-            for dtype in (torch.float32, torch.bfloat16):
-                cells = {f: fc.ConvLSTMCell(channels, channels, k, backend="triton",
-                                            fused_conv=f).cuda().to(dtype) for f in (False, True)}
-                cells[True].load_state_dict(cells[False].state_dict())
-                x = torch.randn(batch, channels, 64, 64, device="cuda", dtype=dtype)
-                state = tuple(torch.randn(batch, channels, 64, 64, device="cuda", dtype=dtype,
-                                          requires_grad=True) for _ in range(2))
-                row = {"batch": batch, "channels": channels, "kernel": k,
-                       "dtype": str(dtype).replace("torch.", "")}
-                for fused, cell in cells.items():
-                    def fwd(cell=cell):
-                        with torch.no_grad():
-                            cell(x, state)
-
-                    def fwd_bwd(cell=cell):
-                        h, c = cell(x, state)
-                        torch.autograd.grad((h.float().sum() + c.float().sum()),
-                                            [*state, *cell.parameters()])
-
-                    tag = "fused" if fused else "unfused"
-                    row[f"{tag}_fwd_ms"] = do_bench(fwd, return_mode="median")
-                    row[f"{tag}_fwd_bwd_ms"] = do_bench(fwd_bwd, return_mode="median")
-                rows.append(row)
-                print(f"fused conv {row}", flush=True)
-    return rows
+            result = run_step(step, deadline, ctx_args, log, partial)
+            entry.update(status=result["status"], seconds=result["seconds"],
+                         **gpu_report.digest(result["records"]))
+            if result["status"] == "failed":
+                entry["error"] = _last_error(out / "gpu_suite.log", step.name)
+            state["elapsed_s"] = round(time.time() - start, 1)
+            write_summary(out, summary)
+            echo(f"[{phase}] {step.name}: {result['status']} in {result['seconds']:.0f} s"
+                 + (f" ({entry['error']})" if entry.get("error") else ""))
+        state["finished"] = True
+        state["elapsed_s"] = round(time.time() - start, 1)
+        write_summary(out, summary)
+    return summary
 
 
-def measured_auto_rule(kernels_json: Path) -> dict:
-    """Fastest fused backend per cell (fwd+bwd step, fp32 and bf16, every size), from the
-    kernel table, beside the preference list fastcells uses."""
-    from fastcells.backends import AUTO_PREFERENCE
+def _last_error(log_path: Path, step: str) -> str:
+    """The exception line the step's process printed last (its traceback is in the log)."""
+    text = log_path.read_text().split(f"===== step {step} ")[-1]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith(("RuntimeError", "Error", "Exception")) or ": " in line and \
+                line.split(":")[0].endswith(("Error", "Exception")):
+            return line.strip()[:500]
+    return lines[-1].strip()[:500] if lines else "no output"
 
-    data = json.loads(kernels_json.read_text())
-    wins: dict[str, dict[str, int]] = {}
-    for row in data.get("rows", []):
-        if row.get("kind") != "step" or row.get("mode") != "fwd+bwd":
-            continue
-        times = {v: t["median"] for v, t in row.get("times", {}).items()
-                 if v in ("triton", "cuda")}
-        if times:
-            best = min(times, key=times.get)
-            wins.setdefault(row["cell"], {}).setdefault(best, 0)
-            wins[row["cell"]][best] += 1
-    return {cell: {"wins": w, "measured_first": max(w, key=w.get),
-                   "preference": list(AUTO_PREFERENCE.get(cell, ()))}
-            for cell, w in wins.items()}
+
+def _step_main(args) -> int:
+    """The child process of one step."""
+    if args.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+    import gpu_steps
+
+    module, function = args.run_step.split(":")
+    fn = getattr(importlib.import_module(module), function)
+    ctx = gpu_steps.Context(dry=args.dry_run, records=Path(args.records),
+                            scratch=Path(args.scratch), summary=Path(args.summary))
+    fn(ctx)
+    return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu"))
-    parser.add_argument("--quick", action="store_true", help="smaller benchmark runs")
-    parser.add_argument("--skip-build", action="store_true")
-    parser.add_argument("--skip-tests", action="store_true")
+    parser = argparse.ArgumentParser(
+        description="fastcells' GPU suite: tests and benchmarks for a lent GPU, within a "
+                    "budget (module docstring: how to run it on the device tool)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", choices=(*PHASES, "all"), default="all",
+                        help="tests, bench, or all (both, one after the other; default)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu" / "run"),
+                        help="folder for gpu_suite.{json,md,log} (on the device: $OUT)")
+    parser.add_argument("--budget", type=float,
+                        help="seconds for the phase (default: tests 330, bench 540; with "
+                             "--phase all, each phase its default)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="every step on this CPU with tiny sizes, CUDA-only calls skipped")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the steps, their H200 estimates and the budgets; run "
+                             "nothing")
+    parser.add_argument("--run-step", help=argparse.SUPPRESS)
+    parser.add_argument("--records", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    parser.add_argument("--summary", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.run_step:
+        return _step_main(args)
+    if args.budget is not None and args.budget <= 0:
+        parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
+    phases = PHASES if args.phase == "all" else (args.phase,)
+    budgets = {p: (args.budget if args.budget is not None else DEFAULT_BUDGET[p])
+               for p in PHASES}
+    if args.plan:
+        print(plan_text({p: budgets[p] for p in PHASES}))
+        return 0
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
-    summary: dict = {"machine": machine(), "steps": {}}
-    print(json.dumps(summary["machine"], indent=1), flush=True)
-    steps = summary["steps"]
-    if not args.skip_build:
-        steps["build"] = _run([py, "setup.py", "build_ext", "--inplace"], out / "build.log",
-                              {"FASTCELLS_CUDA": "1"})
-    if not args.skip_tests:
-        steps["tests"] = _run([py, "-m", "pytest", "tests/test_gpu.py",
-                               "tests/test_cuda_backend.py", "-q", "-x", "-p", "no:cacheprovider"],
-                              out / "tests.log", {"FASTCELLS_GPU_TESTS": "1"})
-    try:
-        summary["copy_bandwidth_gbs"] = copy_bandwidth()
-        print(f"copy bandwidth: {summary['copy_bandwidth_gbs']:.0f} GB/s", flush=True)
-    except Exception as exc:  # recorded, the other steps still run
-        summary["copy_bandwidth_gbs"] = f"failed: {exc!r}"
-    quick = ["--quick"] if args.quick else []
-    # fastcells.bench writes <device>_kernels.{md,json} and <device>_train.{md,json}
-    steps["kernels"] = _run([py, "-m", "fastcells.bench", "kernels", "--device", "cuda",
-                             "--dtypes", "fp32", "bf16", "--no-progress", *quick,
-                             "--out", str(out)], out / "kernels.log")
-    steps["train"] = _run([py, "-m", "fastcells.bench", "train", "--device", "cuda",
-                           "--batch", "16", "--no-progress", *quick, "--out", str(out)],
-                          out / "train.log")
-    try:
-        summary["cuda_graphs"] = graphs_vs_eager(args.quick)
-    except Exception as exc:
-        summary["cuda_graphs"] = f"failed: {exc!r}"
-    try:
-        summary["fused_conv"] = fused_conv_vs_unfused(args.quick)
-    except Exception as exc:
-        summary["fused_conv"] = f"failed: {exc!r}"
-    if (out / "cuda_kernels.json").exists():
-        try:
-            summary["auto_rule"] = measured_auto_rule(out / "cuda_kernels.json")
-        except Exception as exc:
-            summary["auto_rule"] = f"failed: {exc!r}"
-    (out / "gpu_suite.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "gpu_suite.md").write_text(render(summary))
-    print("\n" + render(summary), flush=True)
-    return 0 if all(s.get("rc") == 0 for s in steps.values()) else 1
-
-
-def render(summary: dict) -> str:
-    m = summary["machine"]
-    lines = [f"# GPU suite: {m.get('gpu')} ({m.get('date')})", "",
-             f"torch {m.get('torch')}, triton {m.get('triton')}, CUDA {m.get('cuda_runtime')}, "
-             f"driver {m.get('nvidia-smi')}", "", "| step | rc | seconds |", "|---|---|---|"]
-    for name, s in summary["steps"].items():
-        lines.append(f"| {name} | {s['rc']} | {s['seconds']} |")
-    bw = summary.get("copy_bandwidth_gbs")
-    lines += ["", f"Copy bandwidth: {bw:.0f} GB/s" if isinstance(bw, float) else f"Copy: {bw}"]
-    graphs = summary.get("cuda_graphs")
-    if isinstance(graphs, list) and graphs:
-        lines += ["", "| cell | backend | eager ms | graph ms | speedup |", "|---|---|---|---|---|"]
-        lines += [f"| {r['cell']} | {r['backend']} | {r['eager_ms']:.2f} | {r['graph_ms']:.2f} "
-                  f"| {r['speedup']:.2f}x |" for r in graphs]
-    fused = summary.get("fused_conv")
-    if isinstance(fused, list) and fused:
-        lines += ["", "| B | C | K | dtype | fwd unfused / fused ms | fwd+bwd unfused / fused ms |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['batch']} | {r['channels']} | {r['kernel']} | {r['dtype']} "
-                  f"| {r['unfused_fwd_ms']:.3f} / {r['fused_fwd_ms']:.3f} "
-                  f"| {r['unfused_fwd_bwd_ms']:.3f} / {r['fused_fwd_bwd_ms']:.3f} |"
-                  for r in fused]
-    rule = summary.get("auto_rule")
-    if isinstance(rule, dict):
-        lines += ["", "| cell | fastest (wins) | AUTO_PREFERENCE |", "|---|---|---|"]
-        lines += [f"| {c} | {r['measured_first']} {r['wins']} | {r['preference']} |"
-                  for c, r in rule.items()]
-    return "\n".join(lines) + "\n"
+    summary = None
+    for phase in phases:
+        summary = run_phase(phase, STEPS[phase], budgets[phase], out, args.dry_run)
+    print("\n" + gpu_report.render_summary(summary), flush=True)
+    failed = [f"{p}/{n}" for p in phases for n, s in summary["phases"][p]["steps"].items()
+              if s["status"] in ("failed", "timeout")]
+    if failed:
+        print(f"steps that failed or ran out of time: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -40,11 +40,12 @@ class KernelConfig:
     warmup: int = 2
     stack_memory: bool = True
     quick: bool = False
+    interpreter: bool = False  # also time Triton in its CPU interpreter (dry runs only)
 
 
 def _variants(cfg: KernelConfig, kind: str, cell: str, dtype) -> list[str]:
     pick = workloads.gate_variants if kind == "gates" else workloads.step_variants
-    found = pick(cell, cfg.device, dtype)
+    found = pick(cell, cfg.device, dtype, cfg.interpreter)
     if not cfg.compile:
         found = [v for v in found if v != "compiled"]
     if cfg.variants is not None:
@@ -57,14 +58,31 @@ def _plan(cfg: KernelConfig) -> list[tuple]:
             for name, size in cfg.sizes.items() for cell in cfg.cells for kind in cfg.kinds]
 
 
-def run_kernels(cfg: KernelConfig, progress: bool = True) -> dict:
-    """Measures every row of ``cfg``; returns the JSON-ready result."""
+def _config_dict(cfg: KernelConfig) -> dict:
+    return {"sizes": {k: v.as_dict() for k, v in cfg.sizes.items()},
+            "dtypes": [dtype_name(d) for d in cfg.dtypes], "cells": list(cfg.cells),
+            "kinds": list(cfg.kinds), "modes": list(cfg.modes),
+            "compile": cfg.compile, "compile_backend": cfg.compile_backend,
+            "repeats": cfg.repeats, "budget_s": cfg.budget_s, "warmup": cfg.warmup}
+
+
+def run_kernels(cfg: KernelConfig, progress: bool = True, emit=None) -> dict:
+    """Measures every row of ``cfg``; returns the JSON-ready result.
+
+    ``emit(kind, record)``, when given, receives the run's parts as they are measured:
+    ``("start", {machine, roofs, config})``, then each ``("row", row)`` and
+    ``("memory", entry)``, so that a run stopped part-way (benchmarks/gpu_suite.py kills a
+    step at its deadline) still leaves every finished row; :func:`assemble` rebuilds the
+    result from them."""
     from tqdm.auto import tqdm
 
     device = cfg.device
     started = time.time()
     info = timing.machine_info(device)
     roofs = {dtype_name(d): timing.measure_roofs(device, d, quick=cfg.quick) for d in cfg.dtypes}
+    if emit:
+        emit("start", {"device": device.type, "quick": cfg.quick, "machine": info,
+                       "roofs": roofs, "config": _config_dict(cfg)})
     rows, memory = [], []
     plan = _plan(cfg)
     bar = tqdm(plan, desc="kernels", disable=not progress, leave=False)
@@ -91,24 +109,30 @@ def run_kernels(cfg: KernelConfig, progress: bool = True) -> dict:
                 "flops": floor["flops"][mode], "compile_s": compile_s,
                 "fraction_of_floor": {v: floor[mode] / t["median"] for v, t in times.items()},
             })
+            if emit:
+                emit("row", rows[-1])
         if kind == "step":
             memory.append(_memory_entry(cfg, dtype, size_name, size, cell, loads))
+            if emit:
+                emit("memory", memory[-1])
         del loads
         gc.collect()  # compiled graphs and autograd cycles of the row: free before the next
     bar.close()
-    _add_ceilings(rows)
-    result = {
-        "schema": SCHEMA, "what": "kernels", "device": device.type, "quick": cfg.quick,
-        "machine": info, "roofs": roofs,
-        "config": {"sizes": {k: v.as_dict() for k, v in cfg.sizes.items()},
-                   "dtypes": [dtype_name(d) for d in cfg.dtypes], "cells": list(cfg.cells),
-                   "kinds": list(cfg.kinds), "modes": list(cfg.modes),
-                   "compile": cfg.compile, "compile_backend": cfg.compile_backend,
-                   "repeats": cfg.repeats, "budget_s": cfg.budget_s, "warmup": cfg.warmup},
-        "rows": rows, "memory": memory,
-        "elapsed_s": time.time() - started,
-    }
+    result = assemble({"device": device.type, "quick": cfg.quick, "machine": info,
+                       "roofs": roofs, "config": _config_dict(cfg)}, rows, memory)
+    result["elapsed_s"] = time.time() - started
     result["machine"]["load_average_end"] = timing.machine_info(device)["load_average"]
+    return result
+
+
+def assemble(start: dict, rows: list, memory: list) -> dict:
+    """The result of :func:`run_kernels` from its emitted parts (all of them, or those of a
+    run stopped part-way): ceilings and targets are derived from the rows present."""
+    rows = [dict(r) for r in rows]
+    _add_ceilings(rows)
+    result = {"schema": SCHEMA, "what": "kernels", **start, "rows": rows,
+              "memory": list(memory)}
+    result["machine"] = dict(result["machine"])
     result["targets"] = check_kernel_targets(result)
     return result
 

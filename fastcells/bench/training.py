@@ -122,8 +122,21 @@ def peak_iteration_bytes(model, opt, loss_fn, frames, device) -> int:
     return p["peak"] - p["base"] + _state_bytes(model, opt) + frames.numel() * frames.element_size()
 
 
-def run_training(cfg: TrainBenchConfig, progress: bool = True) -> dict:
-    """Measures every (model, variant) of ``cfg``; returns the JSON-ready result."""
+def _config_dict(cfg: TrainBenchConfig, batch: int, repeats: int, device) -> dict:
+    return {"preset": cfg.preset, "batch": batch, "models": list(cfg.models),
+            "variants": list(cfg.variants), "compile_backend": cfg.compile_backend,
+            "compile_scope": cfg.compile_scope, "repeats": repeats,
+            "warmup": cfg.warmup, "lr": cfg.lr, "overrides": dict(cfg.overrides),
+            "seq_len_overridden": cfg.input_len is not None or cfg.pred_len is not None,
+            "memory": "peak CUDA" if device.type == "cuda" else "saved for backward"}
+
+
+def run_training(cfg: TrainBenchConfig, progress: bool = True, emit=None) -> dict:
+    """Measures every (model, variant) of ``cfg``; returns the JSON-ready result.
+
+    ``emit(kind, record)``, when given, receives ``("start", {machine, config, ...})`` and
+    then each model's ``("row", row)`` as it is measured (as :func:`run_kernels` does);
+    :func:`assemble` rebuilds the result from them."""
     from tqdm.auto import tqdm
 
     device = cfg.device
@@ -131,6 +144,10 @@ def run_training(cfg: TrainBenchConfig, progress: bool = True) -> dict:
     repeats = cfg.repeats or (10 if device.type == "cuda" else 3)
     started = time.time()
     info = timing.machine_info(device)
+    start = {"device": device.type, "quick": cfg.quick, "machine": info,
+             "config": _config_dict(cfg, batch, repeats, device)}
+    if emit:
+        emit("start", start)
     rows = []
     bar = tqdm(cfg.models, desc="training", disable=not progress, leave=False)
     for name in bar:
@@ -171,21 +188,21 @@ def run_training(cfg: TrainBenchConfig, progress: bool = True) -> dict:
         for v, t in times.items():
             row["variants"][v]["time_s"] = t
         rows.append(row)
+        if emit:
+            emit("row", row)
         del built, fns
         gc.collect()
     bar.close()
-    result = {
-        "schema": SCHEMA, "what": "training", "device": device.type, "quick": cfg.quick,
-        "machine": info,
-        "config": {"preset": cfg.preset, "batch": batch, "models": list(cfg.models),
-                   "variants": list(cfg.variants), "compile_backend": cfg.compile_backend,
-                   "compile_scope": cfg.compile_scope, "repeats": repeats,
-                   "warmup": cfg.warmup, "lr": cfg.lr, "overrides": dict(cfg.overrides),
-                   "seq_len_overridden": cfg.input_len is not None or cfg.pred_len is not None,
-                   "memory": "peak CUDA" if device.type == "cuda" else "saved for backward"},
-        "rows": rows, "elapsed_s": time.time() - started,
-    }
+    result = assemble(start, rows)
+    result["elapsed_s"] = time.time() - started
     result["machine"]["load_average_end"] = timing.machine_info(device)["load_average"]
+    return result
+
+
+def assemble(start: dict, rows: list) -> dict:
+    """The result of :func:`run_training` from its emitted parts (all, or a stopped run's)."""
+    result = {"schema": SCHEMA, "what": "training", **start, "rows": list(rows)}
+    result["machine"] = dict(result["machine"])
     result["targets"] = check_train_targets(result)
     return result
 

@@ -68,17 +68,19 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}[dtype]
 
 
-def fused_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
+def fused_backends(device: torch.device, dtype: torch.dtype,
+                   interpreter: bool = False) -> list[str]:
     """The fused backends that can be timed on ``device`` with ``dtype``.
 
     Every backend :func:`fastcells.backends.supports` accepts, except Triton on a CPU: there
     it runs in the Triton interpreter (``TRITON_INTERPRET=1``), a slow test vehicle whose
-    timings mean nothing.
+    timings mean nothing; ``interpreter=True`` keeps it (the GPU suite's dry run, which
+    checks that the benchmark code runs, not what it measures).
     """
     device = torch.device(device)
     return [b for b in backends.BACKENDS
             if b != "reference" and backends.supports(b, device, dtype)
-            and not (b == "triton" and device.type != "cuda")]
+            and (interpreter or not (b == "triton" and device.type != "cuda"))]
 
 
 def auto_backend(cell: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -86,16 +88,16 @@ def auto_backend(cell: str, device: torch.device, dtype: torch.dtype) -> str:
     return backends.resolve("auto", torch.device(device), dtype, CELLS[cell][0].kind)
 
 
-def gate_variants(cell: str, device, dtype) -> list[str]:
+def gate_variants(cell: str, device, dtype, interpreter: bool = False) -> list[str]:
     """reference, compiled and every fused backend that implements all of the cell's ops."""
-    fused = [b for b in fused_backends(device, dtype)
+    fused = [b for b in fused_backends(device, dtype, interpreter)
              if all(getattr(GATES.get(b), op, None) is not None for op in GATE_OPS[cell])]
     return ["reference", "compiled", *fused]
 
 
-def step_variants(cell: str, device, dtype) -> list[str]:
+def step_variants(cell: str, device, dtype, interpreter: bool = False) -> list[str]:
     """reference, compiled, every fused backend, and ``auto``'s backend memory-efficient."""
-    fused = fused_backends(device, dtype)
+    fused = fused_backends(device, dtype, interpreter)
     auto = auto_backend(cell, device, dtype)
     memeff = [f"{auto}_memeff"] if auto != "reference" else ["reference_memeff"]
     return ["reference", "compiled", *fused, *memeff]
