@@ -15,6 +15,9 @@ from fastcells.cuda_graphs import graph_sequence
 from .conftest import GPU_TESTS
 from .helpers import CELL_CONFIGS, assert_close, flat_outputs, make_cells, rel_error
 from .test_gate_ops import OPS, _fns, _inputs
+from .test_triton_ctt import CASES as CTT_CASES
+from .test_triton_ctt import _chain as ctt_chain
+from .test_triton_ctt import _run as ctt_run
 
 if not (torch.cuda.is_available() and GPU_TESTS):
     pytest.skip("needs a CUDA GPU and FASTCELLS_GPU_TESTS=1 (benchmarks/gpu_suite.py sets it)",
@@ -156,3 +159,84 @@ def test_cuda_graph_sequence_matches_eager(backend, layer_cls):
         ref.square().sum().backward()
         for (name, p), q in zip(layer.named_parameters(), eager.parameters()):
             assert_close(p.grad, q.grad, 1e-4, name)
+
+
+# Every dtype each GPU backend takes, per cell: float64 against the float64 reference
+# (both exact up to summation order), 16-bit against the truth (float64 reference) no worse
+# than twice the eager reference's own error in that dtype.
+GPU_DTYPES = [torch.float64, torch.bfloat16, torch.float16]
+CELL_DTYPE_VARIANTS = [(b, {}) for b in GPU_BACKENDS] + [("triton", {"fused_conv": True})]
+
+
+def _unroll(cell, xs):
+    """Three steps of ``cell`` from zero state; outputs and the gradients of sum(h^2) with
+    respect to the inputs and the parameters."""
+    state, outs = None, []
+    for x in xs:
+        state = cell(x, state)
+        outs.append(state[0])
+    loss = sum((o.double() ** 2).sum() for o in outs)
+    return outs, torch.autograd.grad(loss, [*xs, *cell.parameters()])
+
+
+@pytest.mark.parametrize("variant", CELL_DTYPE_VARIANTS,
+                         ids=[b + ("_fused_conv" if e else "") for b, e in CELL_DTYPE_VARIANTS])
+@pytest.mark.parametrize("config", ["convlstm", "convlstm_peephole", "stlstm_bias_ln", "mklstm",
+                                    "convttlstm", "convttlstm_lags"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_cell_dtypes_on_gpu(variant, config, dtype):
+    backend, extra = variant
+    if backend not in _gpu_backends():
+        pytest.fail(f"backend {backend!r} is not available on this GPU machine")
+    if extra.get("fused_conv") and not config.startswith("convlstm"):
+        pytest.skip("fused_conv is a ConvLSTMCell option")
+    truth, eager, fused = make_cells(config, [("reference", {}), ("reference", {}),
+                                              (backend, extra)], spatial=(13, 19))
+    truth = truth.cuda().double()
+    eager, fused = eager.cuda().to(dtype), fused.cuda().to(dtype)
+    assert fused.backend == backend
+    xs64 = [torch.randn(2, 3, 13, 19, device="cuda", dtype=torch.float64) for _ in range(3)]
+
+    def inputs(dt):
+        return [x.to(dt).requires_grad_() for x in xs64]
+
+    t_out, t_grad = _unroll(truth, inputs(torch.float64))
+    e_out, e_grad = _unroll(eager, inputs(dtype))
+    f_out, f_grad = _unroll(fused, inputs(dtype))
+    pairs = [("h", f, e, t) for f, e, t in zip(f_out, e_out, t_out)]
+    pairs += [(f"grad {i}", f, e, t) for i, (f, e, t) in enumerate(zip(f_grad, e_grad, t_grad))]
+    for name, f, e, t in pairs:
+        assert f.dtype == dtype and torch.isfinite(f).all(), f"{name}: non-finite or {f.dtype}"
+        bound = 1e-10 if dtype == torch.float64 else 2 * rel_error(e, t) + 1e-6
+        err = rel_error(f, t)
+        assert err <= bound, f"{config} {name}: {err:.2e} > {bound:.2e}"
+
+
+def _chain_on(chain, dtype):
+    """CTT chain inputs (tests/test_triton_ctt.py's) as CUDA leaves in ``dtype``."""
+    return tuple(None if group is None else
+                 [t.detach().to("cuda", dtype).requires_grad_() for t in group]
+                 for group in chain)
+
+
+@pytest.mark.parametrize("case", list(CTT_CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_ctt_chain_on_gpu(case, dtype):
+    """The CTT recurrence's kernels, forward and backward, in every dtype (float64 needs
+    tl.dot's accumulator dtype passed: a CompilationError on triton 3.6 before)."""
+    from fastcells.ops.ctt import ctt_chain_ref, ctt_chain_triton
+
+    b, c, r, hw, k, m, n, head, layout, bias = CTT_CASES[case]
+    chain = ctt_chain(b, c, r, hw, k, m, n, torch.float64, layout, bias)
+    grad = torch.randn(b, r, *hw, dtype=torch.float64, device="cuda")
+    truth = ctt_run(ctt_chain_ref, _chain_on(chain, torch.float64), head, grad)
+    eager = ctt_run(ctt_chain_ref, _chain_on(chain, dtype), head, grad.to(dtype))
+    got = ctt_run(ctt_chain_triton, _chain_on(chain, dtype), head, grad.to(dtype))
+    pairs = [("v", got[0], eager[0], truth[0])]
+    pairs += [(f"grad {i}", *g) for i, g in enumerate(zip(got[1], eager[1], truth[1]))]
+    for name, f, e, t in pairs:
+        assert torch.isfinite(f).all(), f"{name}: non-finite"
+        bound = {torch.float64: 1e-10, torch.float32: FP32_RTOL}.get(
+            dtype, 2 * rel_error(e, t) + 1e-6)
+        err = rel_error(f, t)
+        assert err <= bound, f"{case} {name}: {err:.2e} > {bound:.2e}"
