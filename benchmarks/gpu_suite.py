@@ -4,13 +4,15 @@ A session whose device ``status`` says ``can_start_another: true`` runs, before 
 else (the second call at once after the first returns, while the machine is warm: it goes
 back after 30 s idle, and a fresh one costs its start again and rebuilds)::
 
-    1. run, timeout_s=420:
+    1. run, timeout_s=480:
        PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --phase tests --out $OUT
     2. run, timeout_s=600:
        PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --phase bench --out $OUT --budget B
 
 with B = the ``budget_left_s`` that ``status`` shows after call 1, minus 60 (at most 540,
-the default). Then, here, for each call's files (``files_at``)::
+the default), then ``give_back``. If call 1 returns with less than 5 minutes of device time
+left, skip call 2: the bench phase's first steps alone are not worth a fresh machine's
+start. Then, here, for each call's files (``files_at``)::
 
     python3 benchmarks/gpu_report.py merge <files_at of call 1> <files_at of call 2>
 
@@ -21,7 +23,7 @@ their estimated seconds on an H200 and the budget of each phase.
 
 Phases and steps (in priority order: when the budget runs short, the last ones go):
 
-- ``tests`` (default budget 330 s): the machine; build the CUDA extension only
+- ``tests`` (default budget 420 s): the machine; build the CUDA extension only
   (``FASTCELLS_SKIP_CPP=1``, ninja on every core, ``TORCH_CUDA_ARCH_LIST`` of the GPU
   found); the working tree as copied (``fastcells/kernels`` link, both GPU backends load,
   one tiny step each); the GPU tests (tests/test_gpu.py, tests/test_cuda_backend.py: both
@@ -71,7 +73,9 @@ for _p in (str(ROOT), str(HERE)):
 import gpu_report  # noqa: E402
 
 PHASES = ("tests", "bench")
-DEFAULT_BUDGET = {"tests": 330.0, "bench": 540.0}
+# The tests phase gets the larger share of the lease (proving the backends comes first); the
+# bench phase gets what is left (module docstring) and drops its last steps when short.
+DEFAULT_BUDGET = {"tests": 420.0, "bench": 540.0}
 RESERVE_S = 10.0  # kept back from every deadline for the last summary write
 POLL_S = 15.0
 # A step's deadline: what is left of the budget, at most FACTOR x its estimate + SLACK (an
@@ -317,7 +321,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu" / "run"),
                         help="folder for gpu_suite.{json,md,log} (on the device: $OUT)")
     parser.add_argument("--budget", type=float,
-                        help="seconds for the phase (default: tests 330, bench 540; with "
+                        help="seconds for the phase (default: tests 420, bench 540; with "
                              "--phase all, each phase its default)")
     parser.add_argument("--dry-run", action="store_true",
                         help="every step on this CPU with tiny sizes, CUDA-only calls skipped")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import os
 
+import torch
+
 BUILD_HINT = (
     "The fastcells C++ extension (fastcells._C) is not built. Build it from the repository "
     "root, after installing torch, with:\n"
@@ -131,8 +133,12 @@ def triton_unavailable_reason() -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
-    """True when backend 'triton' can run here (:func:`triton_unavailable_reason`)."""
+    """True when backend 'triton' can run here (:func:`triton_unavailable_reason`).
+
+    A constant to ``torch.compile`` (it runs this while tracing, once, rather than tracing
+    the imports inside): the cells ask it on every step."""
     return triton_unavailable_reason() is None
 
 

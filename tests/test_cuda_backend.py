@@ -28,6 +28,7 @@ import fastcells as fc
 from fastcells import _ext, backends, ops
 from fastcells.ops import convlstm_gates, dual_memory_gates, output_gate
 
+from .conftest import GPU_TESTS
 from .helpers import CELL_CONFIGS, RTOL, assert_close, flat_outputs, make_cells, rel_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +106,9 @@ _CUDA_OPS = [
 def _gpu_skip_reason():
     if not torch.cuda.is_available():
         return "needs a CUDA GPU"
-    if not _ext.cuda_available():
+    if not _ext.cuda_available() and not GPU_TESTS:
+        # On the GPU suite's run (FASTCELLS_GPU_TESTS=1) a missing extension fails these
+        # tests, with the import error, instead of skipping them.
         return "fastcells._C_cuda is not built (pip install --no-build-isolation -e .)"
     return None
 
