@@ -88,16 +88,17 @@ FILES = ("gpu_suite.json", "gpu_suite.md", "gpu_suite.log")
 class Step:
     name: str
     target: str  # "module:function" taking a gpu_steps.Context
-    estimate_s: float  # on an H200 (16 cores), from a fresh machine: the reasoning below
+    estimate_s: float  # on an H200 (16 cores): the reasoning below
     why: str  # the estimate's reasoning
 
 
 # Estimates, H200 + 16 cores. Triton compiles each kernel specialization on one CPU core
 # (about 1 s each for the gate kernels, 2-5 s for the implicit-GEMM ones); nvcc builds the
 # three .cu files and the bindings in parallel for sm_90 alone.
+_MACHINE = Step("machine", "gpu_steps:machine", 5, "nvcc/nvidia-smi queries")
 STEPS = {
     "tests": [
-        Step("machine", "gpu_steps:machine", 5, "nvcc/nvidia-smi queries"),
+        _MACHINE,
         Step("build", "gpu_steps:build", 100,
              "3 .cu files (sm_90 only) and bindings.cpp (torch headers, ~60 s) in parallel"),
         Step("imports", "gpu_steps:imports", 25,
@@ -108,7 +109,7 @@ STEPS = {
              "8 processes, plus the CUDA tests' nvcc emulation build (~40 s, shard-local)"),
     ],
     "bench": [
-        Step("machine", "gpu_steps:machine", 5, "nvcc/nvidia-smi queries"),
+        _MACHINE,
         Step("build", "gpu_steps:build", 10,
              "nothing to do right after the tests call (warm machine, build kept); on a "
              "fresh machine ~100 s, and then the last step does not fit and is skipped"),
@@ -146,9 +147,9 @@ def plan_text(budgets: dict | None = None) -> str:
         verdict = "fits" if total + RESERVE_S <= budgets[phase] else "DOES NOT FIT"
         lines += [f"  total {total:.0f} s + {RESERVE_S:.0f} s reserve: {verdict} in "
                   f"{budgets[phase]:.0f} s", ""]
-    lines.append("Estimates are for an H200 with 16 cores from a fresh machine; a machine's "
-                 "start (a minute or more) counts against the lease but not against these "
-                 "budgets.")
+    lines.append("Estimates are for an H200 with 16 cores, the bench phase run right after "
+                 "the tests phase on the same (warm) machine; a machine's start (a minute or "
+                 "more) counts against the lease but not against these budgets.")
     return "\n".join(lines)
 
 
