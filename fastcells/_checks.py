@@ -2,12 +2,50 @@
 shape it expected, and is raised before any kernel runs."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 Shape = Sequence  # entries: an int, or a letter (str) for a free dimension
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``: a TypeError for anything but an integer (a float,
+    a string, a bool), a ValueError for a smaller one; both name the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r} "
+                        f"({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_odd_kernel(name: str, value) -> int:
+    """A convolution kernel size: an odd int >= 1 ("same" padding k // 2)."""
+    k = check_int(name, value)
+    if k % 2 == 0:
+        raise ValueError(f"{name}: expected an odd int >= 1 (\"same\" padding k // 2), got {k}")
+    return k
+
+
+def check_device(text) -> torch.device:
+    """A device this machine has: ``cpu``, or ``cuda``/``cuda:N`` when CUDA is present."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {text!r} asked for, but this torch has no CUDA device "
+                             f"(use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {text!r} asked for, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _fmt(shape: Shape) -> str:
@@ -30,6 +68,13 @@ def check_tensor(x, name: str, shape: Shape, like: Tensor) -> None:
                         f"(convert the module or the input with .to())")
     if x.device != like.device:
         raise ValueError(f"{name}: device {x.device} differs from the parameters' {like.device}")
+
+
+def check_nonempty(x: Tensor, name: str, shape: Shape) -> None:
+    """Every size >= 1 (an empty batch or frame would reach the kernels as a no-op)."""
+    if x.numel() == 0:
+        raise ValueError(f"{name}: expected shape {_fmt(shape)} with every size >= 1, got "
+                         f"{tuple(x.shape)}")
 
 
 def frame_shape(channels: int, spatial: tuple[int, int] | None, batch="B") -> tuple:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_tensor
+from ._checks import check_int, check_nonempty, check_tensor
 from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
 from .cells.convttlstm import RingHistory
 
@@ -29,8 +29,7 @@ class _StackedCells(nn.Module):
                  **cell_kwargs):
         super().__init__()
         self.batch_input_projection = batch_input_projection
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        num_layers = check_int("num_layers", num_layers)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.num_layers, self.batch_first = num_layers, batch_first
         self.cells = nn.ModuleList(
@@ -51,6 +50,7 @@ class _StackedCells(nn.Module):
             x = x.transpose(0, 1)
         if x.shape[1] < 1:
             raise ValueError("x: the sequence is empty (T = 0)")
+        check_nonempty(x, "x", (*layout, *first._frame(self.input_size)[1:]))
         frame0 = x[:, 0]
         if state is None:
             states = [None] * self.num_layers

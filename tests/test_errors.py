@@ -64,7 +64,7 @@ def test_layer_norm_fixes_spatial_size():
 
 
 def test_bad_constructor_arguments():
-    with pytest.raises(ValueError, match="kernel_size must be an odd"):
+    with pytest.raises(ValueError, match="kernel_size: expected an odd int"):
         fc.ConvLSTMCell(3, 4, kernel_size=4)
     with pytest.raises(ValueError, match="backend must be"):
         fc.ConvLSTMCell(3, 4, backend="cuda-magic")
@@ -74,6 +74,32 @@ def test_bad_constructor_arguments():
         fc.MKLSTMCell(3, 4, kernel_sizes=(3,))
     with pytest.raises(ValueError, match="num_layers"):
         fc.ConvLSTM(3, 4, num_layers=0)
+
+
+@pytest.mark.parametrize("build,error,message", [
+    (lambda: fc.ConvLSTMCell(2.5, 4), TypeError, r"input_size: expected an int >= 1, got 2.5"),
+    (lambda: fc.ConvLSTMCell("2", 4), TypeError, r"input_size: .* got '2' \(str\)"),
+    (lambda: fc.ConvLSTMCell(True, 4), TypeError, r"input_size: .* got True \(bool\)"),
+    (lambda: fc.ConvLSTMCell(2, 0), ValueError, r"hidden_size: expected an int >= 1, got 0"),
+    (lambda: fc.ConvLSTMCell(2, 4, kernel_size=True), TypeError, r"kernel_size: .* True"),
+    (lambda: fc.MKLSTMCell(2, 4, kernel_sizes=(3, 5.0)), TypeError, r"kernel_sizes\[1\]"),
+    (lambda: fc.ConvTTLSTMCell(2, 4, rank=2.0), TypeError, r"rank: expected an int"),
+    (lambda: fc.ConvLSTM(2, 4, num_layers=2.5), TypeError, r"num_layers: .* 2.5 \(float\)"),
+    (lambda: fc.SpatioTemporalLSTM(2, 4, num_layers=True), TypeError, r"num_layers: .* True"),
+])
+def test_sizes_must_be_ints_of_at_least_one(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_empty_frames_are_refused_before_any_kernel():
+    cell = fc.ConvLSTMCell(2, 4, backend="reference")
+    for shape in [(1, 2, 0, 5), (1, 2, 5, 0), (0, 2, 5, 5)]:
+        with pytest.raises(ValueError, match="every size >= 1"):
+            cell(torch.randn(shape))
+    layer = fc.ConvLSTM(2, 4, backend="reference")
+    with pytest.raises(ValueError, match="every size >= 1"):
+        layer(torch.randn(1, 3, 2, 0, 5))
 
 
 def test_sequence_layer_bad_inputs():

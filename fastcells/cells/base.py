@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import backends
-from .._checks import check_state, check_tensor, frame_shape, zeros_state
+from .._checks import check_int, check_nonempty, check_state, check_tensor, frame_shape, zeros_state
 from ..ops import GATES
 from .recompute import recompute_step
 
@@ -26,11 +26,8 @@ class CellBase(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, backend: str, memory_efficient: bool):
         super().__init__()
-        if input_size < 1 or hidden_size < 1:
-            raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, "
-                             f"{hidden_size}")
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
+        self.input_size = check_int("input_size", input_size)
+        self.hidden_size = check_int("hidden_size", hidden_size)
         self.requested_backend = backends.validate_backend(backend)
         self.memory_efficient = bool(memory_efficient)
 
@@ -57,6 +54,7 @@ class CellBase(nn.Module):
 
     def check_input(self, x: Tensor, name: str = "x") -> None:
         check_tensor(x, name, self._frame(self.input_size), self._any_param())
+        check_nonempty(x, name, self._frame(self.input_size))
 
     def init_state(self, x: Tensor) -> tuple:
         """Zero state for a batch like ``x`` (B, Cin, H, W)."""

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_odd_kernel
 from ..ops.conv_gates import conv_gates_triton
 from ._conv import input_hidden_conv
 from .base import CellBase
@@ -91,7 +92,5 @@ class ConvLSTMCell(CellBase):
                 + (", fused_conv=True" if self.fused_conv else ""))
 
 
-def _check_odd(kernel_size) -> None:
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd positive int ('same' padding k//2), "
-                         f"got {kernel_size!r}")
+def _check_odd(kernel_size, name: str = "kernel_size") -> None:
+    check_odd_kernel(name, kernel_size)

@@ -9,6 +9,7 @@ from .._checks import check_state, check_tensor
 from ..ops.ctt import ctt_chain_ref, ctt_chain_triton
 from ._conv import input_hidden_conv
 from .base import CellBase
+from .._checks import check_int
 from .convlstm import _check_odd
 
 
@@ -101,7 +102,9 @@ class ConvTTLSTMCell(CellBase):
                  memory_efficient: bool = False):
         super().__init__(input_size, hidden_size, backend, memory_efficient)
         _check_odd(kernel_size)
-        if order < 1 or steps < order or rank < 1:
+        order, steps, rank = (check_int(n, v) for n, v in (("order", order), ("steps", steps),
+                                                           ("rank", rank)))
+        if steps < order:
             raise ValueError(f"need order >= 1, steps >= order and rank >= 1, got order={order}, "
                              f"steps={steps}, rank={rank}")
         self.order, self.steps, self.rank = order, steps, rank

@@ -41,10 +41,11 @@ class MKLSTMCell(CellBase):
     def __init__(self, input_size: int, hidden_size: int, kernel_sizes=(3, 5),
                  backend: str = "auto", memory_efficient: bool = False):
         super().__init__(input_size, hidden_size, backend, memory_efficient)
-        if len(tuple(kernel_sizes)) != 2:
-            raise ValueError(f"kernel_sizes must hold two odd kernels, got {kernel_sizes!r}")
-        for k in kernel_sizes:
-            _check_odd(k)
+        if not isinstance(kernel_sizes, (tuple, list)) or len(kernel_sizes) != 2:
+            raise ValueError(f"kernel_sizes: expected two odd kernel sizes like (3, 5), got "
+                             f"{kernel_sizes!r}")
+        for i, k in enumerate(kernel_sizes):
+            _check_odd(k, f"kernel_sizes[{i}]")
         self.kernel_sizes = tuple(kernel_sizes)
         C = hidden_size
 
