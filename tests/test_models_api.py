@@ -276,6 +276,41 @@ def test_architecture_limits_raise():
         stlight.forward_train(torch.zeros(1, 20, 1, 64, 64), torch.ones(1, 18))
 
 
+@pytest.mark.parametrize("name,override,takes", [
+    ("ms_lstm", {"kernel_size": 7}, "kernel_sizes"),          # MK-LSTM reads kernel_sizes
+    ("tms_lstm", {"kernel_size": 7}, "kernel_sizes"),
+    ("convlstm", {"kernel_sizes": (7, 9)}, "kernel_size"),    # ConvLSTM reads kernel_size
+    ("sms_lstm", {"kernel_sizes": (7, 9)}, "kernel_size"),
+    ("conv_tt_lstm_baseline", {"rank": 4}, "kernel_size"),    # no CTT chain in the baseline
+])
+def test_overrides_the_model_would_ignore_are_refused(name, override, takes):
+    """Before, these built the preset's model unchanged while config.json recorded them."""
+    with pytest.raises(TypeError, match=f"{next(iter(override))}: model '{name}' does not "
+                                        f"take this argument; it takes .*{takes}"):
+        M.create(name, preset=list(M.list_presets(name))[0], **override)
+
+
+def test_overrides_that_apply_do_apply():
+    model = M.create("ms_lstm", preset="mmnist", kernel_sizes=(3, 7), hidden_size=4,
+                     num_layers=2, backend="reference")
+    assert model.cells[0].kernel_sizes == (3, 7)
+    model = M.create("convlstm", preset="mmnist", kernel_size=5, hidden_size=4, num_layers=1,
+                     backend="reference")
+    assert model.cells[0].kernel_size == 5
+
+
+@pytest.mark.parametrize("override,error,message", [
+    ({"hidden_size": "8"}, TypeError, r"hidden_size: expected an int >= 1, got '8' \(str\)"),
+    ({"hidden_size": -3}, ValueError, r"hidden_size: expected an int >= 1, got -3"),
+    ({"hidden_size": 0}, ValueError, r"hidden_size: expected an int >= 1, got 0"),
+    ({"frame_size": "32,32"}, TypeError, r"frame_size: expected a tuple of ints"),
+    ({"frame_size": (32, 0)}, ValueError, r"frame_size\[1\]: expected an int >= 1"),
+])
+def test_size_overrides_are_checked_by_name(override, error, message):
+    with pytest.raises(error, match=message):
+        M.create("convlstm", preset="mmnist", **override)
+
+
 def test_registry_errors():
     with pytest.raises(ValueError, match="name: unknown model 'mslstm'"):
         M.create("mslstm")
@@ -285,7 +320,8 @@ def test_registry_errors():
         M.create("convlstm")
     with pytest.raises(TypeError, match="cell"):
         M.create("ms_lstm", preset="mmnist", cell="convlstm")
-    with pytest.raises(TypeError, match="unexpected keyword argument 'hiden_size'"):
+    with pytest.raises(TypeError, match="hiden_size: model 'convlstm' does not take this "
+                                        "argument; it takes .*hidden_size"):
         M.create("convlstm", preset="mmnist", hiden_size=3)
     with pytest.raises(ValueError, match="backend must be"):
         M.create("convlstm", preset="mmnist", backend="cudnn")

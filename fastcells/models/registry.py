@@ -19,9 +19,12 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
+
+from .._checks import check_int
 
 from .conv_tt import ConvTTNet
 from .e_convlstm import EnhancedConvLSTM
@@ -53,9 +56,21 @@ def _ctt_presets() -> dict:
     }
 
 
+# Constructor arguments that the model's fixed cell never reads (the constructors are shared
+# between cell types): overriding them would change nothing, so ``create`` refuses them.
+_UNUSED_BY_CELL = {"convlstm": ("kernel_sizes", "order", "steps", "rank"),
+                   "mklstm": ("kernel_size",), "convttlstm": ("kernel_sizes",)}
+
+
 class _Entry:
     def __init__(self, build: Callable[..., nn.Module], fixed: dict, presets: dict, what: str):
         self.build, self.fixed, self.presets, self.what = build, fixed, presets, what
+
+    def accepted(self) -> list[str]:
+        """The constructor arguments an override may set for this model."""
+        unused = set(self.fixed) | set(_UNUSED_BY_CELL.get(self.fixed.get("cell"), ()))
+        params = inspect.signature(self.build).parameters
+        return [p for p in params if p not in unused]
 
 
 _MODELS: dict[str, _Entry] = {
@@ -127,11 +142,46 @@ def create(name: str, preset: str | None = None, **overrides) -> nn.Module:
     if clash:
         raise TypeError(f"{sorted(clash)}: fixed by model {name!r} ({entry.fixed}); pick "
                         f"another model name instead")
+    accepted = entry.accepted()
+    unknown = [k for k in overrides if k not in accepted]
+    if unknown:
+        # an override the model does not read would be recorded as applied and change nothing
+        raise TypeError(f"{', '.join(unknown)}: model {name!r} does not take "
+                        f"{'this argument' if len(unknown) == 1 else 'these arguments'}; it "
+                        f"takes {', '.join(accepted)}")
     config.update(overrides)
+    _check_sizes(config)
     if "frame_channels" not in config:
         raise TypeError(f"frame_channels: model {name!r} needs frame_channels=C (or a preset: "
                         f"{list(entry.presets)})")
     return entry.build(**entry.fixed, **config)
+
+
+# Constructor arguments that are sizes (ints >= 1), and tuples of sizes; checked here so
+# that a string or a zero from a config file or --model-arg is named, not met deep inside
+# a constructor as torch's own error.
+_SIZES = ("frame_channels", "hidden_size", "num_layers", "kernel_size", "input_len",
+          "pred_len", "patch_size", "dim", "depth", "order", "steps", "rank", "skip_stride",
+          "attention_window", "attention_size")
+_SIZE_TUPLES = ("kernel_sizes", "hidden_channels", "layers_per_block", "frame_size")
+
+
+def _check_sizes(config: dict) -> None:
+    for key in _SIZES:
+        if config.get(key) is not None:
+            check_int(key, config[key])
+    for key in _SIZE_TUPLES:
+        value = config.get(key)
+        if value is None:
+            continue
+        if key == "frame_size" and isinstance(value, int) and not isinstance(value, bool):
+            check_int(key, value)  # a square frame
+            continue
+        if not isinstance(value, (tuple, list)) or not value:
+            raise TypeError(f"{key}: expected a tuple of ints >= 1 like (32, 32), got "
+                            f"{value!r}")
+        for i, v in enumerate(value):
+            check_int(f"{key}[{i}]", v)
 
 
 def _entry(name: str) -> _Entry:
