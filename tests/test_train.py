@@ -207,7 +207,8 @@ def test_unwritable_out_dir_and_bad_data(tmp_path):
     with pytest.raises(FileNotFoundError):
         Trainer(tiny(tmp_path, "npy", data=f"npy:{tmp_path / 'missing.npy'}"), progress=False)
     np.save(tmp_path / "rgb.npy", np.zeros((8, 6, 3, 32, 32), np.float32))
-    with pytest.raises(ValueError, match=r"model needs \(T, C, H, W\) = \(6, 1, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"\(C, H, W\) = \(3, 32, 32\); the model is built "
+                                         r"for \(1, 32, 32\).*frame_channels=3"):
         Trainer(tiny(tmp_path, "rgb", data=f"npy:{tmp_path / 'rgb.npy'}"), progress=False)
     np.save(tmp_path / "bytes.npy", np.full((8, 6, 1, 32, 32), 255.0, np.float32))
     with pytest.raises(ValueError, match=r"values in \[255, 255\].*\[0, 1\]"):

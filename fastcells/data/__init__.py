@@ -7,9 +7,11 @@
 * :class:`PredRNNClips`: predrnn-pytorch ``.npz`` clip archives.
 * :class:`SequenceFolder`: folders of frame images or ``.npy`` sequences.
 * :class:`TaxiBJ`: TaxiBJ ``.h5`` (h5py) / ``.npz`` flows.
-* :func:`build_dataset` (spec strings, see ``SPECS``) and :func:`split`.
+* :func:`build_dataset` (spec strings, see ``SPECS``) and :func:`split`;
+  :func:`check_values`: every sequence finite and in [0, 1] (run before training).
 """
 from .arrays import NpySequences, PredRNNClips
+from .checks import check_values
 from .factory import SPECS, build_dataset, split
 from .folder import SequenceFolder
 from .glyphs import render_digit, render_digits
@@ -24,6 +26,7 @@ __all__ = [
     "SequenceFolder",
     "TaxiBJ",
     "build_dataset",
+    "check_values",
     "load_mnist_idx",
     "render_digit",
     "render_digits",

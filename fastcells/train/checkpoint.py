@@ -2,6 +2,7 @@
 (``os.replace`` is atomic), holding everything an exact resume needs."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -37,9 +38,15 @@ def save_atomic(obj: dict, path: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide checkpoints from other users
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            old = (f"; {path!r} still holds the previous checkpoint, intact"
+                   if os.path.exists(path) else "")
+            raise OSError(e.errno, f"checkpoint: the disk is full while writing {path!r} "
+                                   f"({e.strerror}){old}. Free some space, then resume "
+                                   f"(--resume)") from e
         raise
 
 

@@ -1,12 +1,15 @@
 """Everything a training run is made of, as one serialisable config.
 
 A checkpoint stores the config it was trained with; ``--resume`` refuses a checkpoint whose
-model or data settings differ (:meth:`TrainConfig.resume_mismatch`).
+settings differ in anything but :attr:`TrainConfig.RESUME_MAY_CHANGE`
+(:meth:`TrainConfig.resume_mismatch`).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+
+from .._checks import check_int
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle", "cyclic")
@@ -93,15 +96,47 @@ class TrainConfig:
     out_dir: str = "runs/fastcells"
     tensorboard: bool = False
 
-    # what must match for a checkpoint to resume this run
-    _RESUME_KEYS = ("model", "preset", "model_args", "data", "num_sequences", "input_len",
-                    "pred_len", "val_fraction", "seed", "optimizer", "schedule", "precision",
-                    "ema_decay", "l2_weight", "l1_weight", "temporal_weight")
+    # What a resumed run may change: how long it runs (the lr schedule is rebuilt for the
+    # new length, Trainer._resume), how often it evaluates and saves, where and with which
+    # kernels (same math). Everything else shapes the trajectory, so it must match the
+    # checkpoint: a changed lr would be overridden by the optimizer state it loads.
+    RESUME_MAY_CHANGE = ("steps", "eval_every", "eval_batches", "checkpoint_every",
+                         "early_stopping", "device", "out_dir", "tensorboard", "backend",
+                         "checkpoint_layers")
 
     def __post_init__(self):
         self.validate()
 
+    def _check_types(self) -> None:
+        """Each field has its default's type (a config file can hold "0.5" for 0.5)."""
+        for f in dataclasses.fields(self):
+            value, default = getattr(self, f.name), f.default
+            if f.name in ("input_len", "pred_len"):
+                if value is not None:
+                    check_int(f.name, value)
+            elif f.name == "preset":
+                if value is not None and not isinstance(value, str):
+                    raise TypeError(f"preset: expected a preset name or null, got {value!r}")
+            elif f.name == "model_args":
+                if not isinstance(value, dict):
+                    raise TypeError(f"model_args: expected a mapping of constructor arguments, "
+                                    f"got {value!r}")
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError(f"{f.name}: expected true or false, got {value!r}")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"{f.name}: expected an integer, got {value!r} "
+                                    f"({type(value).__name__})")
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"{f.name}: expected a number, got {value!r} "
+                                    f"({type(value).__name__})")
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise TypeError(f"{f.name}: expected a string, got {value!r}")
+
     def validate(self) -> None:
+        self._check_types()
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("sampling", SAMPLING), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
@@ -119,6 +154,11 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("clip_grad", "weight_decay", "l2_weight", "l1_weight", "temporal_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,7 +175,60 @@ class TrainConfig:
         return cls(**values)
 
     def resume_mismatch(self, saved: dict) -> list[str]:
-        """Settings that differ between this config and a checkpoint's (resume refuses)."""
+        """Settings that differ between this config and a checkpoint's and may not change on
+        resume (:attr:`RESUME_MAY_CHANGE`): resume refuses them all, listed."""
         now = self.to_dict()
-        return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in self._RESUME_KEYS
-                if saved.get(k) != now[k]]
+        return [f"{k}: checkpoint {_plain(saved.get(k))!r}, now {_plain(now[k])!r}"
+                for k in now if k not in self.RESUME_MAY_CHANGE
+                and _plain(saved.get(k)) != _plain(now[k])]
+
+
+# One line per field for `fastcells train --help` (allowed values in the text or choices).
+FIELD_HELP = {
+    "model": "zoo model name (fastcells.models.list_models())",
+    "preset": "the model's preset (mmnist, taxibj, kth, ...; 'none' for none)",
+    "backend": "auto, reference, cpp, triton or cuda",
+    "data": "dataset: synthetic (built-in Moving MNIST), a .npy/.npz file, a folder of "
+            "frames, a Moving MNIST .npy, a TaxiBJ .h5 (README: Data)",
+    "num_sequences": "sequences of the synthetic data, int >= 1",
+    "input_len": "input frames, int >= 1 (default: the preset's)",
+    "pred_len": "predicted frames, int >= 1 (default: the preset's)",
+    "val_fraction": "share of the sequences held out for validation, in (0, 1)",
+    "batch_size": "sequences per batch and process, int >= 1",
+    "steps": "optimizer updates, int >= 1",
+    "optimizer": "adam or adamw",
+    "lr": "learning rate, > 0",
+    "weight_decay": "weight decay, >= 0",
+    "schedule": "lr schedule: constant, cosine, onecycle or cyclic",
+    "warmup_steps": "linear lr warm-up updates, int >= 0",
+    "cycle_steps": "updates per cycle of the cyclic schedule, int >= 1",
+    "min_lr_ratio": "lowest lr of cosine/onecycle/cyclic as a fraction of lr, in [0, 1]",
+    "clip_grad": "max global gradient norm, >= 0 (0 = off)",
+    "accum_steps": "micro-batches per update (gradient accumulation), int >= 1",
+    "precision": "fp32, bf16 or fp16 (fp16 with a GradScaler)",
+    "ema_decay": "exponential moving average of the weights, in [0, 1) (0 = off)",
+    "l2_weight": "weight of the MSE loss, >= 0",
+    "l1_weight": "weight of the L1 loss, >= 0",
+    "temporal_weight": "weight of seed 000's temporal-consistency loss, >= 0",
+    "sampling": "none (teacher forcing), scheduled (PredRNN) or reverse (PredRNN-v2)",
+    "sampling_stop_iter": "scheduled sampling: iteration where eta reaches 0, int >= 0",
+    "sampling_changing_rate": "scheduled sampling: eta's decrease per iteration",
+    "r_sampling_step_1": "reverse sampling: first phase's end, int >= 0",
+    "r_sampling_step_2": "reverse sampling: second phase's end, int >= 0",
+    "r_exp_alpha": "reverse sampling: exponential's scale",
+    "eval_every": "validate every N updates, int >= 1",
+    "eval_batches": "validation batches per evaluation, int >= 0 (0 = all)",
+    "checkpoint_every": "write last.pt every N updates, int >= 1",
+    "early_stopping": "stop after N evaluations without improvement, int >= 0 (0 = off)",
+    "seed": "random seed (data split, order, initialisation), int",
+    "device": "cpu, cuda or cuda:N",
+}
+
+
+def _plain(value):
+    """JSON's view of a value: tuples and lists compare equal (config.json holds lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

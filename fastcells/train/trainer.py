@@ -13,6 +13,7 @@ import math
 import os
 import random
 import re
+import sys
 import time
 import warnings
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data as fc_data
+from .._checks import check_device
 from .. import models
 from ..cells.base import CellBase
 from ..models.e_convlstm import temporal_consistency_loss
@@ -38,7 +40,8 @@ from .config import TrainConfig
 from .ema import EMA
 from .evaluate import evaluate_model
 from .logs import RunLog
-from .schedules import make_scheduler
+from .rundir import RunLock, remove_orphan_saves
+from .schedules import lr_factor, make_scheduler
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,29 +73,41 @@ def _distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
-def run_dataset(cfg: TrainConfig, model: nn.Module, length: int, spec: str | None = None):
+def run_dataset(cfg: TrainConfig, model: nn.Module, length: int, spec: str | None = None,
+                progress: bool = True):
     """The dataset ``spec`` (default the run's ``cfg.data``) with sequences of ``length``
-    frames, checked against the model (the synthetic data is generated at its frame size)."""
+    frames, checked against the model (the synthetic data is generated at its frame size)
+    and, every sequence, for values (finite, in [0, 1]) before any step reads it."""
     spec = spec or cfg.data
     dataset = fc_data.build_dataset(spec, seq_len=length, num_sequences=cfg.num_sequences,
                                     image_size=(model.frame_size or (64, 64))[0], seed=cfg.seed)
     check_sequences(dataset, model, length, spec)
+    fc_data.check_values(dataset, spec, progress=progress)
     return dataset
 
 
 def check_sequences(dataset, model: nn.Module, length: int, spec: str) -> None:
-    """The data must hold sequences of ``length`` frames the model can read."""
+    """The data must hold sequences of ``length`` frames of the model's frame shape."""
     if len(dataset) == 0:
         raise ValueError(f"data: {spec!r} holds no sequences")
     first = dataset[0]
-    want = (length, model.frame_channels, *(model.frame_size or first.shape[-2:]))
-    if first.dim() != 4 or tuple(first.shape) != want:
+    if first.dim() != 4 or first.shape[0] != length:
         raise ValueError(f"data: {spec!r} gives sequences of shape {tuple(first.shape)}; the "
-                         f"model needs (T, C, H, W) = {want} (input_len + pred_len frames)")
-    low, high = float(first.min()), float(first.max())
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise ValueError(f"data: {spec!r} has values in [{low:g}, {high:g}]; the models, "
-                         f"losses and metrics expect frames scaled to [0, 1]")
+                         f"model needs (T, C, H, W) with T = {length} (input_len + pred_len "
+                         f"frames)")
+    c, h, w = first.shape[1:]
+    want = (model.frame_channels, *(model.frame_size or (h, w)))
+    if (c, h, w) != tuple(want):
+        args = {}
+        if (h, w) != tuple(want[1:]):
+            args["frame_size"] = (h, w)
+        if c != want[0]:
+            args["frame_channels"] = c
+        flags = " ".join(f"--model-arg {k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                         for k, v in args.items())
+        raise ValueError(f"data: {spec!r} has frames of (C, H, W) = {(c, h, w)}; the model "
+                         f"is built for {tuple(want)}. Build it for this data: {flags} "
+                         f"(Python: model_args={args})")
 
 
 def seed_everything(seed: int) -> None:
@@ -114,10 +129,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool | str = False, progress: bool = True,
                  overwrite: bool = False):
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: {cfg.device!r} asked for, but this torch has no CUDA "
-                             f"device (use --device cpu)")
+        self.device = check_device(cfg.device)
         self.rank, self.world = _distributed(self.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -153,6 +165,8 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step, self.best_val, self.bad_evals = 0, math.inf, 0
 
+        self.last_checkpoint_step = None  # the step last.pt holds (None: none written)
+        self.lock = None
         if self.rank == 0:
             try:
                 os.makedirs(cfg.out_dir, exist_ok=True)
@@ -162,6 +176,19 @@ class Trainer:
                 os.remove(probe)
             except OSError as e:
                 raise PermissionError(f"out_dir: cannot write to {cfg.out_dir!r} ({e})") from e
+            # the directory is this run's until fit() returns (or close()): a second run or
+            # resume on it is refused instead of interleaving logs and checkpoints
+            self.lock = RunLock(cfg.out_dir).acquire()
+        try:
+            self._open_run(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_run(self, resume, overwrite: bool) -> None:
+        cfg = self.cfg
+        if self.rank == 0:
+            remove_orphan_saves(cfg.out_dir, report=lambda line: print(line, file=sys.stderr))
         self.train_log = RunLog(cfg.out_dir, "train", cfg.tensorboard and self.rank == 0)
         self.val_log = RunLog(cfg.out_dir, "val")
         if resume:
@@ -178,6 +205,11 @@ class Trainer:
             import json
             with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
                 json.dump(cfg.to_dict(), f, indent=1)
+
+    def close(self) -> None:
+        """Releases the run directory (fit() does so when it returns or raises)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # -- setup ----------------------------------------------------------------------------------
     def _set_checkpoint_layers(self, layers) -> None:
@@ -298,6 +330,14 @@ class Trainer:
     def fit(self, stop_at: int | None = None) -> dict:
         """Trains until ``cfg.steps`` updates (or ``stop_at``, to interrupt a run on purpose,
         or early stopping). Returns the last validation record (None if none ran)."""
+        if self.lock is not None:
+            self.lock.acquire()  # again, when fit() runs a second time
+        try:
+            return self._fit(stop_at)
+        finally:
+            self.close()
+
+    def _fit(self, stop_at: int | None) -> dict:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -309,21 +349,23 @@ class Trainer:
             last_val = self.evaluate()
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step",
                    desc=f"train {cfg.model}")
-        while self.step < end:
-            record = self.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2g}",
-                            seq_s=f"{record['sequences_per_s']:.1f}")
-            if self.rank == 0:
-                self.train_log.write(record)
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                last_val = self.evaluate()
-                if self._early_stop(last_val):
+        try:
+            while self.step < end:
+                record = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.2g}",
+                                seq_s=f"{record['sequences_per_s']:.1f}")
+                if self.rank == 0:
+                    self.train_log.write(record)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    last_val = self.evaluate()
+                    if self._early_stop(last_val):
+                        self._checkpoint()
+                        break
+                if self.step % cfg.checkpoint_every == 0 or self.step == end:
                     self._checkpoint()
-                    break
-            if self.step % cfg.checkpoint_every == 0 or self.step == end:
-                self._checkpoint()
-        bar.close()
+        finally:  # the bar's last line before any message about why the loop ended
+            bar.close()
         if self.rank == 0 and last_val is not None:
             self.plot(last_val)
         return last_val
@@ -363,6 +405,8 @@ class Trainer:
     def _checkpoint(self, name: str = "last.pt") -> None:
         if self.rank == 0:
             ckpt_io.save_atomic(self.state(), os.path.join(self.cfg.out_dir, name))
+            if name == "last.pt":
+                self.last_checkpoint_step = self.step
 
     def _resume(self, path: str) -> None:
         saved = ckpt_io.load(path)
@@ -373,11 +417,19 @@ class Trainer:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        if saved["config"].get("steps") != self.cfg.steps:
+            # A longer (or shorter) run: the schedule is the new length's from here on, and
+            # so is the lr of the next update (the loaded optimizer holds the old schedule's,
+            # e.g. 0 at the end of a finished cosine run).
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * lr_factor(self.cfg, saved["step"])
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None and saved["ema"] is not None:
             self.ema.load_state_dict(saved["ema"])
         self.step, self.best_val = saved["step"], saved["best_val"]
         self.bad_evals = saved["bad_evals"]
+        self.last_checkpoint_step = self.step
         ckpt_io.set_rng_state(saved["rng"])
         if self.rank == 0:  # records past the checkpoint are redone by this run
             for log in (self.train_log, self.val_log):
