@@ -12,12 +12,12 @@ from .backends import available_backends
 from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
-from . import models
+from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
-    "patch", "unpatch", "models",
+    "patch", "unpatch", "models", "data", "metrics", "utils",
 ]

@@ -20,12 +20,54 @@ import json
 import os
 import sys
 
+from ._checks import check_device
+from .utils.jsonio import strict_dumps
+
 
 def _parse_value(text: str):
+    """A --model-arg value: JSON (8, 0.5, [32, 32], "name", true), or ints separated by
+    commas (32,32 for [32, 32]), else the text itself."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return text
+        pass
+    parts = text.split(",")
+    if len(parts) > 1 and all(p.strip().lstrip("-").isdigit() for p in parts):
+        return [int(p) for p in parts]
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _thresholds(text: str) -> list:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.3,0.5, "
+                                         f"got {text!r}")
+
+
+def _writable_dir(path: str, what: str) -> str:
+    """``path`` created if needed and writable, checked before any work; else a
+    PermissionError naming it and what was to be written there."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"--out: cannot write {what} to {path!r} ({e.strerror or e}); "
+                              f"pick a writable --out") from e
+    return path
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -46,7 +88,10 @@ def _layers(text: str):
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
+    from .train.config import FIELD_HELP, OPTIMIZERS, PRECISIONS, SAMPLING, SCHEDULES
 
+    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "sampling": SAMPLING,
+               "precision": PRECISIONS}
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("model_args", "checkpoint_layers", "tensorboard", "out_dir"):
             continue
@@ -56,7 +101,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if f.name in ("input_len", "pred_len"):
             kind = int
         parser.add_argument(flag, dest=f.name, type=kind or str, default=None,
-                            help=f"(default {default!r})")
+                            choices=choices.get(f.name),
+                            help=f"{FIELD_HELP[f.name]} (default {default!r})")
     parser.add_argument("--model-arg", dest="model_args", action="append", type=_key_value,
                         default=[], metavar="KEY=VALUE",
                         help="model constructor override, e.g. hidden_size=16 (repeatable)")
@@ -97,7 +143,16 @@ def cmd_train(args) -> int:
         if not args.config and os.path.exists(saved):  # resume the saved run's settings
             cfg = _config_from(argparse.Namespace(**{**vars(args), "config": saved}))
     trainer = Trainer(cfg, resume=args.resume or False, overwrite=args.overwrite)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        last = trainer.last_checkpoint_step
+        saved = (f"last checkpoint step {last} ({os.path.join(cfg.out_dir, 'last.pt')}); "
+                 f"continue with `fastcells train --out {cfg.out_dir} --resume`"
+                 if last is not None else "no checkpoint written yet; start again with "
+                 "--overwrite")
+        print(f"fastcells train: stopped at step {trainer.step}; {saved}", file=sys.stderr)
+        return 130
     if result is not None:
         print(json.dumps({k: v for k, v in result.items() if not k.endswith("_curve")}))
     print(f"wrote {cfg.out_dir}/ (last.pt, best.pt, train/val logs, plots)")
@@ -106,7 +161,6 @@ def cmd_train(args) -> int:
 
 def _load_run(checkpoint: str, data: str | None, device: str):
     """Model (EMA weights when the run kept them), config and validation set of a run."""
-    import torch
 
     from . import data as fc_data
     from . import models
@@ -114,11 +168,12 @@ def _load_run(checkpoint: str, data: str | None, device: str):
     from .train.checkpoint import load
     from .train.trainer import run_dataset
 
+    device = check_device(device)
     saved = load(checkpoint)
     cfg = TrainConfig.from_dict(saved["config"])
     model = models.create(cfg.model, preset=cfg.preset, backend=cfg.backend, **cfg.model_args)
     model.load_state_dict(saved["ema"] if saved.get("ema") else saved["model"])
-    model.to(torch.device(device)).eval()
+    model.to(device).eval()
     input_len = cfg.input_len or model.input_len
     pred_len = cfg.pred_len or model.pred_len
     dataset = run_dataset(cfg, model, input_len + pred_len, data)
@@ -128,42 +183,54 @@ def _load_run(checkpoint: str, data: str | None, device: str):
 
 
 def cmd_eval(args) -> int:
-    import torch
 
     from .metrics import LPIPS
     from .train import evaluate_model
     from .train.plots import per_frame_metrics
 
+    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    try:  # checked before the work; the metrics are printed either way
+        _writable_dir(out, "eval.json")
+        unwritable = None
+    except PermissionError as e:
+        unwritable = e
+        print(f"fastcells eval: warning: {e}; the metrics will only be printed",
+              file=sys.stderr)
     model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
-    lpips = (LPIPS(args.lpips_weights, net=args.lpips_net).to(args.device)
+    device = next(model.parameters()).device
+    lpips = (LPIPS(args.lpips_weights, net=args.lpips_net).to(device)
              if args.lpips_weights else None)
     result = evaluate_model(model, dataset, input_len, pred_len, args.batch_size,
-                            torch.device(args.device), args.batches, progress=True,
+                            device, args.batches, progress=True,
                             thresholds=args.thresholds, lpips=lpips)
-    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
-    os.makedirs(out, exist_ok=True)
+    print(strict_dumps({k: v for k, v in result.items() if not k.endswith("_curve")}))
+    if unwritable is not None:
+        raise unwritable
     with open(os.path.join(out, "eval.json"), "w") as f:
-        json.dump(result, f, indent=1)
+        f.write(strict_dumps(result, indent=1))
     per_frame_metrics({k: result[f"{k}_curve"] for k in ("mse_per_frame", "ssim", "psnr")},
                       os.path.join(out, "eval_per_frame.png"))
-    print(json.dumps({k: v for k, v in result.items() if not k.endswith("_curve")}))
     print(f"wrote {out}/eval.json and eval_per_frame.png")
     return 0
 
 
 def cmd_predict(args) -> int:
-    import torch
 
     from .train import write_predictions
 
-    model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                    "predictions")
-    os.makedirs(out, exist_ok=True)
-    for i in range(min(args.num, len(dataset))):
-        png, gif = write_predictions(model, dataset[i], input_len, pred_len,
-                                     torch.device(args.device), out, name=f"sequence_{i:03d}")
+    _writable_dir(out, "the predictions")
+    model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
+    device = next(model.parameters()).device
+    count = min(args.num, len(dataset))
+    for i in range(count):
+        png, gif = write_predictions(model, dataset[i], input_len, pred_len, device, out,
+                                     name=f"sequence_{i:03d}")
         print(f"wrote {png} and {gif}")
+    if count < args.num:
+        print(f"fastcells predict: wrote {count} of the {args.num} sequences asked for: the "
+              f"dataset holds {len(dataset)}", file=sys.stderr)
     return 0
 
 
@@ -207,8 +274,12 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastcells", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="fastcells", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fastcells {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model of the zoo")
     _add_config_options(p)
@@ -221,19 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, what in (("eval", cmd_eval, "evaluate a checkpoint"),
                              ("predict", cmd_predict, "write PNG strips and GIFs")):
         p = sub.add_parser(name, help=what)
-        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--checkpoint", required=True, help="a training checkpoint (last.pt, "
+                                                           "best.pt)")
         p.add_argument("--data", help="a dataset spec (default: the run's validation split)")
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
         p.add_argument("--out", help="output directory (default: next to the checkpoint)")
         if name == "eval":
-            p.add_argument("--batch-size", type=int, default=8)
-            p.add_argument("--batches", type=int, default=None, help="cap the batches")
-            p.add_argument("--thresholds", type=lambda t: [float(v) for v in t.split(",")],
-                           default=(), help="CSI/HSS/POD/FAR thresholds, e.g. 0.3,0.5")
+            p.add_argument("--batch-size", type=_positive_int, default=8,
+                           help="sequences per batch, >= 1 (default %(default)s)")
+            p.add_argument("--batches", type=_positive_int, default=None,
+                           help="evaluate at most this many batches, >= 1 (default: all)")
+            p.add_argument("--thresholds", type=_thresholds, default=(),
+                           help="CSI/HSS/POD/FAR thresholds, numbers separated by commas, "
+                                "e.g. 0.3,0.5")
             p.add_argument("--lpips-weights", help="LPIPS weights file (never downloaded)")
-            p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
+            p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"),
+                           help="LPIPS backbone of the weights file (default %(default)s)")
         else:
-            p.add_argument("--num", type=int, default=4, help="sequences to draw")
+            p.add_argument("--num", type=_positive_int, default=4,
+                           help="sequences to draw, >= 1 (default %(default)s; fewer if the "
+                                "data holds fewer)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("bench", help="benchmarks (options of python -m fastcells.bench)",
@@ -258,16 +336,28 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own options, passed through untouched
         argv = ["bench", "--", *argv[1:]] if len(argv) > 1 and argv[1] != "--" else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `fastcells`
+        parser.print_help()
+        return 0
     if args.command == "bench" and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]
+    from .train.rundir import RunDirectoryLocked
+
     try:
         return args.func(args)
     except TrainingDiverged as e:
         print(f"fastcells {args.command}: stopped: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # outside the training loop (which says where it stopped)
+        print(f"fastcells {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
-            ImportError) as e:
+            ImportError, RunDirectoryLocked) as e:
+        print(f"fastcells {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, an I/O error: what failed, not a traceback
         print(f"fastcells {args.command}: error: {e}", file=sys.stderr)
         return 2
 

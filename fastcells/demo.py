@@ -73,9 +73,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int = 120, seed: int = 0) -> dic
          f"{trainer.input_len} -> {trainer.pred_len} frames), {steps} steps of batch "
          f"{cfg.batch_size}; {info['processor']}, {info['threads']} threads, torch "
          f"{info['torch']}, {info['date']}."), "",
-        (f"Validation MSE per frame: {before['mse_per_frame']:.2f} before training, "
-         f"{after['mse_per_frame']:.2f} after "
-         f"({100 * (1 - after['mse_per_frame'] / before['mse_per_frame']):.0f}% lower)."), "",
+        improvement_line(before["mse_per_frame"], after["mse_per_frame"]), "",
         *table, "",
         ("Files: loss_curves.png, per_frame_metrics.png, predictions.png/.gif, "
          "train.jsonl/csv, val.jsonl/csv, last.pt, best.pt."), ""])
@@ -84,3 +82,13 @@ def run_demo(out_dir: str = "runs/demo", steps: int = 120, seed: int = 0) -> dic
     print(report)
     print(f"wrote {out_dir}/report.md")
     return {"before": before, "after": after, "rows": rows, "times": times}
+
+
+def improvement_line(before: float, after: float) -> str:
+    """The validation MSE before and after training, in words that fit what happened."""
+    head = f"Validation MSE per frame: {before:.2f} before training, {after:.2f} after"
+    if not (after < before * (1 - 5e-3)):  # within rounding of the printed figures
+        return (head + (": the run did not improve it (too few steps, or a learning rate "
+                        "too high or too low)." if after <= before * (1 + 5e-3) else
+                        ": the run made it worse (the learning rate is likely too high)."))
+    return head + f" ({100 * (1 - after / before):.0f}% lower)."

@@ -223,6 +223,25 @@ def train_config(args, parser, device) -> training.TrainBenchConfig:
         flops=not args.no_flops, quick=args.quick)
 
 
+def _check_outputs(args, parser) -> None:
+    """--out, --json and --markdown must be writable places."""
+    places = [("--out", args.out)] if args.out else []
+    for flag in ("json", "markdown"):
+        path = getattr(args, flag, None)
+        if path:
+            places.append((f"--{flag}", os.path.dirname(os.path.abspath(path))))
+    for flag, folder in places:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            probe = os.path.join(folder, f".write-test-{os.getpid()}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            parser.error(f"{flag}: cannot write to {folder!r} ({e.strerror or e}); pick a "
+                         f"writable place")
+
+
 def _compile(args) -> bool:
     return (not args.quick) if args.compile is None else args.compile
 
@@ -252,9 +271,15 @@ def _write(result: dict, text: str, args, kind: str) -> None:
 def main(argv=None) -> int:
     """Runs the command of ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
-        argv = ["all", *argv]
     parser = build_parser()
+    if argv[:1] in (["-h"], ["--help"]):
+        # the commands, then the options of the default command (`all`): --quick, --out, ...
+        print(parser.format_help())
+        print("Options without a command (those of `all`):\n")
+        print(parser.commands["all"].format_help().split("\n\n", 1)[1])
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        argv = ["all", *argv]
     args = parser.parse_args(argv)
     sub = parser.commands[args.command]  # errors name the command's usage
     if args.command == "readme":
@@ -270,7 +295,13 @@ def main(argv=None) -> int:
         return 1 if args.check and stale else 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    _check_outputs(args, sub)  # before minutes of measuring, not after
     device = _device(args, sub)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > (os.cpu_count() or 1):
+        print(f"fastcells bench: warning: load average {load:.2f} is above the "
+              f"{os.cpu_count()} cores; other jobs share this machine, so the ratios measured "
+              f"now are not trustworthy (the report says so too)", file=sys.stderr)
     if args.command in ("all", "kernels"):
         if args.command == "all":  # defaults of the kernels command
             args = _with_defaults(args, _kernel_options)

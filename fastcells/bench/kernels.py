@@ -184,6 +184,7 @@ def format_kernels(result: dict) -> str:
     """The Markdown report of :func:`run_kernels`'s result."""
     m, cfg = result["machine"], result["config"]
     lines = [f"# fastcells kernel benchmark ({result['device']})", "", _machine_line(m), "",
+             *load_warning(m),
              "Roofs measured in this run: " + "; ".join(
                  f"{d}: copy {r['bandwidth'] / 1e9:.1f} GB/s, matmul "
                  f"{r['matmul'] / 1e9:.1f} GFLOP/s" for d, r in result["roofs"].items()), ""]
@@ -211,7 +212,7 @@ def format_kernels(result: dict) -> str:
                     else None
                 cells.append(f"{_ms(t)}" + ("" if v == "reference" or speed is None
                                             else f" ({speed:.2f}x)")
-                             + f" {100 * r['fraction_of_floor'][v]:.0f}%")
+                             + f" {floor_percent(r['fraction_of_floor'][v])}")
             ceiling = f"{r['ceiling']:.2f}x" if r.get("ceiling") else "—"
             lines.append(f"| {r['cell']} | {r['kind']} | {r['mode']} | {_ms(r['floor_s'])} | "
                          + " | ".join(cells) + f" | {ceiling} |")
@@ -236,6 +237,25 @@ def format_kernels(result: dict) -> str:
         "the gate math cost nothing, reference step / (reference step - reference gates): "
         "what fusing the gates alone can give while the convolutions stay as they are."), ""]
     return "\n".join(lines)
+
+
+def floor_percent(fraction: float) -> str:
+    """The floor as a share of the time; above 100% the time is below what the machine can
+    do, so the figure is a measurement error (e.g. a kernel timed before its work ended),
+    flagged rather than printed as a result."""
+    if fraction > 1.0:
+        return f"**>100% ({100 * fraction:.0f}%): measurement error**"
+    return f"{100 * fraction:.0f}%"
+
+
+def load_warning(m: dict) -> list[str]:
+    """A warning line when the load average exceeded the cores during the run."""
+    loads = [x for x in (m.get("load_average"), m.get("load_average_end")) if x]
+    peak = max((x[0] for x in loads), default=0.0)
+    if peak > (m.get("cpu_count") or 1):
+        return [(f"**Warning: load average {peak:.2f} above the {m.get('cpu_count')} cores: "
+                 f"other jobs shared the machine, so these ratios are not trustworthy.**"), ""]
+    return []
 
 
 def _machine_line(m: dict) -> str:

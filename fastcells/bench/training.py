@@ -257,7 +257,7 @@ def table_lines(result: dict) -> list[str]:
 
 def format_training(result: dict) -> str:
     """The Markdown report of :func:`run_training`'s result."""
-    from .kernels import _machine_line, _targets_lines
+    from .kernels import _machine_line, _targets_lines, load_warning
 
     cfg = result["config"]
     row0 = result["rows"][0] if result["rows"] else None
@@ -265,6 +265,7 @@ def format_training(result: dict) -> str:
              f"{row0['input_len']} -> {row0['pred_len']}" if row0 else "")
     lines = [(f"# fastcells training cost ({result['device']}, preset {cfg['preset']}, "
              f"batch {cfg['batch']})"), "", _machine_line(result["machine"]), "",
+             *load_warning(result["machine"]),
              (f"One training iteration, {shape}, fp32, Adam; medians of {cfg['repeats']} "
              "interleaved repeats after warm-up."), ""]
     if result.get("quick") or cfg.get("seq_len_overridden") or cfg.get("overrides"):

@@ -5,6 +5,8 @@ import csv
 import json
 import os
 
+from ..utils.jsonio import strict_dumps
+
 
 class RunLog:
     """Appends one record per call to ``<out>/<name>.jsonl`` and ``<out>/<name>.csv``."""
@@ -31,8 +33,8 @@ class RunLog:
 
     def _append(self, record: dict) -> dict:
         """Appends to the JSONL and CSV files; returns the scalar fields."""
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(self.jsonl, "a") as f:  # NaN as null: strict JSON lines
+            f.write(strict_dumps(record) + "\n")
         scalars = {k: v for k, v in record.items() if not isinstance(v, (list, dict))}
         new = not os.path.exists(self.csv)
         with open(self.csv, "a", newline="") as f:

@@ -24,6 +24,7 @@ def loss_curves(train: list[dict], val: list[dict], path: str) -> None:
         ax.plot([r["step"] for r in val], [r["mse_per_pixel"] for r in val], "o-",
                 label="val MSE (per pixel)")
     ax.set_xlabel("step")
+    ax.set_ylabel("loss / MSE (log scale)")
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -73,12 +74,26 @@ def prediction_strip(inputs: np.ndarray, truth: np.ndarray, prediction: np.ndarr
     plt.close(fig)
 
 
+GIF_MIN_SIDE = 256  # frames smaller than this are upscaled (nearest) to be seen at all
+
+
 def prediction_gif(truth: np.ndarray, prediction: np.ndarray, path: str, fps: int = 4) -> None:
-    """Animated GIF: truth (left) and prediction (right) side by side, (T, C, H, W) each."""
-    from PIL import Image
+    """Animated GIF: truth (left) and prediction (right) side by side, (T, C, H, W) each,
+    upscaled to at least ``GIF_MIN_SIDE`` pixels high (nearest neighbour, so pixels stay
+    pixels), under a label row ("truth", "prediction", frame t+k)."""
+    from PIL import Image, ImageDraw
+
+    scale = max(1, -(-GIF_MIN_SIDE // truth.shape[-2]))
     frames = []
     for t in range(len(prediction)):
-        pair = np.concatenate([_frame_image(truth[t]), _frame_image(prediction[t])], axis=1)
-        frames.append(Image.fromarray((pair * 255).astype(np.uint8)))
+        panels = [_frame_image(truth[t]), _frame_image(prediction[t])]
+        images = [Image.fromarray((p * 255).astype(np.uint8)).convert("RGB") for p in panels]
+        w, h = images[0].width * scale, images[0].height * scale
+        canvas = Image.new("RGB", (2 * w + 4, h + 18), "white")
+        for i, (img, label) in enumerate(zip(images, ("truth", "prediction"))):
+            canvas.paste(img.resize((w, h), Image.NEAREST), (i * (w + 4), 18))
+            ImageDraw.Draw(canvas).text((i * (w + 4) + 3, 3), f"{label}  t+{t + 1}",
+                                        fill="black")
+        frames.append(canvas)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000 // fps,
                    loop=0)
