@@ -33,6 +33,50 @@ END = "<!-- gpu-results:end -->"
 MAX_FAILURES = 200  # listed per step; the counts are always complete
 
 
+# ----------------------------------------------------------------------------- provenance
+SOURCE_GLOBS = ("setup.py", "fastcells/**/*.py", "kernels/*.py", "csrc/**/*.*",
+                "benchmarks/*.py", "tests/*.py", "tests/*.cpp")
+
+
+def source_digest(root: Path = ROOT) -> str:
+    """A hash of the sources a run used. The device machine gets the working tree without
+    .git, so a run cannot name its commit; ``merge`` compares this digest with the checkout's
+    to record the commit (or that the sources differed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted({p for g in SOURCE_GLOBS for p in root.glob(g)
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".so"})
+    for path in files:
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _record_commit(summary: dict) -> None:
+    """Each phase's machine record gets the commit whose sources it ran, if this checkout
+    holds exactly those sources (run merge from the checkout that was sent)."""
+    import subprocess
+
+    here = source_digest()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                          capture_output=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=ROOT, text=True, capture_output=True).stdout.strip())
+    for phase in summary["phases"].values():
+        m = phase["steps"].get("machine", {}).get("figures", {}).get("machine")
+        if not m:
+            continue
+        if m.get("source_digest") == here:
+            commit = head + (" + uncommitted changes" if dirty else "")
+        else:
+            commit = "unknown (its sources differ from this checkout)"
+        m["commit"], m["dirty"] = commit, False
+        for step in phase["steps"].values():  # the fastcells.bench tables' machine lines
+            for table in step.get("bench", {}).values():
+                if "start" in table:
+                    table["start"]["machine"]["commit"] = commit
+
+
 # -------------------------------------------------------------------------------- digest
 def digest(records: list) -> dict:
     """A step's summary entry from its records (gpu_steps' record kinds)."""
@@ -284,6 +328,7 @@ def merge(dirs: list, results: Path = RESULTS) -> Path:
             merged = summary
         else:
             merged["phases"].update(summary["phases"])
+    _record_commit(merged)
     results.mkdir(parents=True, exist_ok=True)
     out = results / "gpu_suite.json"
     out.write_text(json.dumps(merged, indent=1) + "\n")

@@ -44,12 +44,25 @@ def _gpu_backends():
     return out
 
 
-GPU_BACKENDS = _gpu_backends() if torch.cuda.is_available() else ["triton", "cuda"]
+# Both, always: a backend missing on the GPU machine fails its tests (pytest.fail below)
+# instead of generating none.
+GPU_BACKENDS = ["triton", "cuda"]
+
+
+def _same_strides(t: torch.Tensor, device=None, dtype=None) -> torch.Tensor:
+    """A copy of ``t`` on ``device`` in ``dtype`` with ``t``'s own strides: ``.cuda()`` and
+    ``.to(dtype)`` make non-dense tensors (channel slices, strided views) contiguous, so the
+    layouts under test would silently become contiguous ones."""
+    out = torch.empty_strided(t.shape, t.stride(), dtype=dtype or t.dtype,
+                              device=device or t.device)
+    with torch.no_grad():
+        out.copy_(t)
+    return out
 
 
 def _cuda(ts):
-    return [t.detach().cuda().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor)
-            else t for t in ts]
+    return [_same_strides(t.detach(), "cuda").requires_grad_(t.requires_grad)
+            if isinstance(t, torch.Tensor) else t for t in ts]
 
 
 def _run_op(fn, xs, extra, out_grads=None):
@@ -77,8 +90,8 @@ def test_op_on_gpu(backend, name, layout, dtype, shape):
     truth = _run_op(ref, xs64, extra64)
 
     def cast(ts):
-        return [t.detach().to(dtype).requires_grad_() if isinstance(t, torch.Tensor) else t
-                for t in ts]
+        return [_same_strides(t.detach(), dtype=dtype).requires_grad_()
+                if isinstance(t, torch.Tensor) else t for t in ts]
 
     eager = _run_op(ref, cast(xs64), cast(extra64), truth[2])
     got = _run_op(fused, cast(xs64), cast(extra64), truth[2])
@@ -163,8 +176,15 @@ def test_cuda_graph_sequence_matches_eager(backend, layer_cls):
 
 # Every dtype each GPU backend takes, per cell: float64 against the float64 reference
 # (both exact up to summation order), 16-bit against the truth (float64 reference) no worse
-# than twice the eager reference's own error in that dtype.
+# than twice the eager reference's own error in that dtype (CELLS.md), and never required
+# below one rounding to the dtype (its unit roundoff): an output stored in bf16/fp16 is
+# rounded at least once whatever computes it, while eager can land under that on small
+# reductions by the luck of its summation order (seen: a 3-channel CTT weight gradient).
 GPU_DTYPES = [torch.float64, torch.bfloat16, torch.float16]
+
+
+def half_bound(eager_error: float, dtype: torch.dtype) -> float:
+    return max(2 * eager_error, torch.finfo(dtype).eps / 2) + 1e-6
 CELL_DTYPE_VARIANTS = [(b, {}) for b in GPU_BACKENDS] + [("triton", {"fused_conv": True})]
 
 
@@ -207,15 +227,16 @@ def test_cell_dtypes_on_gpu(variant, config, dtype):
     pairs += [(f"grad {i}", f, e, t) for i, (f, e, t) in enumerate(zip(f_grad, e_grad, t_grad))]
     for name, f, e, t in pairs:
         assert f.dtype == dtype and torch.isfinite(f).all(), f"{name}: non-finite or {f.dtype}"
-        bound = 1e-10 if dtype == torch.float64 else 2 * rel_error(e, t) + 1e-6
+        bound = 1e-10 if dtype == torch.float64 else half_bound(rel_error(e, t), dtype)
         err = rel_error(f, t)
         assert err <= bound, f"{config} {name}: {err:.2e} > {bound:.2e}"
 
 
 def _chain_on(chain, dtype):
-    """CTT chain inputs (tests/test_triton_ctt.py's) as CUDA leaves in ``dtype``."""
+    """CTT chain inputs (tests/test_triton_ctt.py's) as CUDA leaves in ``dtype``, each in its
+    own layout (slices and strided views stay so)."""
     return tuple(None if group is None else
-                 [t.detach().to("cuda", dtype).requires_grad_() for t in group]
+                 [_same_strides(t.detach(), "cuda", dtype).requires_grad_() for t in group]
                  for group in chain)
 
 
@@ -236,7 +257,7 @@ def test_ctt_chain_on_gpu(case, dtype):
     pairs += [(f"grad {i}", *g) for i, g in enumerate(zip(got[1], eager[1], truth[1]))]
     for name, f, e, t in pairs:
         assert torch.isfinite(f).all(), f"{name}: non-finite"
-        bound = {torch.float64: 1e-10, torch.float32: FP32_RTOL}.get(
-            dtype, 2 * rel_error(e, t) + 1e-6)
+        bound = {torch.float64: 1e-10, torch.float32: FP32_RTOL}.get(dtype) or half_bound(
+            rel_error(e, t), dtype)
         err = rel_error(f, t)
         assert err <= bound, f"{case} {name}: {err:.2e} > {bound:.2e}"

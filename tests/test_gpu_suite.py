@@ -91,6 +91,26 @@ def test_dry_run_renders_into_results_and_readme(dry_run, tmp_path):
         report.merge([out], tmp_path / "merged")
 
 
+def test_merge_names_the_commit_whose_sources_ran(tmp_path):
+    def call(phase, digest):
+        machine = {"gpu": "NVIDIA H200", "source_digest": digest, "commit": None}
+        return {"schema": report.SCHEMA, "dry_run": False, "phases": {phase: {
+            "budget_s": 1, "elapsed_s": 1, "finished": True, "steps": {"machine": {
+                "status": "ok", "estimate_s": 5, "figures": {"machine": machine}}}}}}
+
+    for phase, digest in (("tests", report.source_digest()), ("bench", "0" * 16)):
+        (tmp_path / phase).mkdir()
+        (tmp_path / phase / "gpu_suite.json").write_text(json.dumps(call(phase, digest)))
+    out = report.merge([tmp_path / "tests", tmp_path / "bench"], tmp_path / "results")
+    merged = json.loads(out.read_text())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                          capture_output=True).stdout.strip()
+    tests_commit = merged["phases"]["tests"]["steps"]["machine"]["figures"]["machine"]["commit"]
+    assert tests_commit.startswith(head)
+    assert "differ" in merged["phases"]["bench"]["steps"]["machine"]["figures"]["machine"][
+        "commit"]
+
+
 def test_committed_gpu_results_are_rendered_from_their_json():
     """README's GPU block and benchmarks/results/gpu/*.md are what `make gpu-results`
     renders from the committed JSON (with none yet: the block says so)."""

@@ -187,7 +187,8 @@ def format_kernels(result: dict) -> str:
              *load_warning(m),
              "Roofs measured in this run: " + "; ".join(
                  f"{d}: copy {r['bandwidth'] / 1e9:.1f} GB/s, matmul "
-                 f"{r['matmul'] / 1e9:.1f} GFLOP/s" for d, r in result["roofs"].items()), ""]
+                 f"{r['matmul'] / 1e9:.1f} GFLOP/s{' (TF32)' if r.get('tf32') else ''}"
+                 for d, r in result["roofs"].items()), ""]
     if result.get("quick"):
         lines += [("**Quick run** (`--quick`): tiny sizes and few repeats; a smoke test of the "
                   "machinery, not the papers' settings."), ""]

@@ -102,9 +102,20 @@ def measure_roofs(device: torch.device | str = "cpu", dtype=torch.float32,
     m = (512 if quick else 1024) if cpu else 8192
     x = torch.rand(m, m, device=device, dtype=dtype)
     y = torch.rand(m, m, device=device, dtype=dtype)
-    mm_s = fastest(lambda: x @ y)
+    # float32 on a GPU: the convolutions held against this roof run on cuDNN (and the Triton
+    # convolutions follow the same switch) with TF32 when torch.backends.cudnn.allow_tf32
+    # (on by default), so the matmul roof is measured in the same mode; matmul's own TF32
+    # switch (off by default) would give a roof several times lower, and floors above the
+    # measured times.
+    tf32 = (not cpu and dtype == torch.float32 and torch.backends.cudnn.allow_tf32)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32 or saved
+    try:
+        mm_s = fastest(lambda: x @ y)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
     elem = torch.empty((), dtype=dtype).element_size()
-    return {"bandwidth": 2 * n * elem / copy_s, "matmul": 2 * m**3 / mm_s}
+    return {"bandwidth": 2 * n * elem / copy_s, "matmul": 2 * m**3 / mm_s, "tf32": bool(tf32)}
 
 
 # ------------------------------------------------------------------------------ machine
