@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+from ._argtypes import ensure_writable_dir, positive_int
 from ._checks import check_device
 from .utils.jsonio import strict_dumps
 
@@ -37,16 +38,6 @@ def _parse_value(text: str):
     return text
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def _thresholds(text: str) -> list:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -59,15 +50,10 @@ def _writable_dir(path: str, what: str) -> str:
     """``path`` created if needed and writable, checked before any work; else a
     PermissionError naming it and what was to be written there."""
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
+        return ensure_writable_dir(path)
     except OSError as e:
         raise PermissionError(f"--out: cannot write {what} to {path!r} ({e.strerror or e}); "
                               f"pick a writable --out") from e
-    return path
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -298,9 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
         p.add_argument("--out", help="output directory (default: next to the checkpoint)")
         if name == "eval":
-            p.add_argument("--batch-size", type=_positive_int, default=8,
+            p.add_argument("--batch-size", type=positive_int, default=8,
                            help="sequences per batch, >= 1 (default %(default)s)")
-            p.add_argument("--batches", type=_positive_int, default=None,
+            p.add_argument("--batches", type=positive_int, default=None,
                            help="evaluate at most this many batches, >= 1 (default: all)")
             p.add_argument("--thresholds", type=_thresholds, default=(),
                            help="CSI/HSS/POD/FAR thresholds, numbers separated by commas, "
@@ -309,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"),
                            help="LPIPS backbone of the weights file (default %(default)s)")
         else:
-            p.add_argument("--num", type=_positive_int, default=4,
+            p.add_argument("--num", type=positive_int, default=4,
                            help="sequences to draw, >= 1 (default %(default)s; fewer if the "
                                 "data holds fewer)")
         p.set_defaults(func=func)

@@ -158,13 +158,13 @@ def test_readme_block_renders_and_updates(kernel_run, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["kernels", "--size", "0", "4", "8", "8"], "positive integer"),
+    (["kernels", "--size", "0", "4", "8", "8"], "expected an integer >= 1"),
     (["kernels", "--sizes", "small", "--size", "1", "4", "8", "8"], "not both"),
     (["kernels", "--variants", "fast"], "--variants"),
     (["kernels", "--cells", "gru"], "invalid choice"),
     (["train", "--models", "nope"], "unknown"),
     (["train", "--preset", "kth"], "has presets"),
-    (["train", "--batch", "-1"], "positive integer"),
+    (["train", "--batch", "-1"], "expected an integer >= 1"),
     (["train", "--model-arg", "hidden_size"], "KEY=VALUE"),
     (["kernels", "--device", "tpu"], "--device"),
     (["--nonsense"], "unrecognized arguments"),

@@ -18,19 +18,10 @@ import sys
 
 import torch
 
+from .._argtypes import ensure_writable_dir, positive_int
 from . import kernels, readme, training, workloads
 
 COMMANDS = ("all", "kernels", "train", "readme")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -60,7 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "--compile): about a minute on a 2-core CPU")
     g.add_argument("--device", default=None,
                    help="cpu or cuda[:N] (default: cuda when available, else cpu)")
-    g.add_argument("--threads", type=_positive_int,
+    g.add_argument("--threads", type=positive_int,
                    help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or all "
                         "cores)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -78,7 +69,7 @@ def _kernel_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sizes", nargs="+", choices=list(workloads.SIZES),
                    help="named sizes (default: all: " + "; ".join(
                        f"{k} {v}" for k, v in workloads.SIZES.items()) + ")")
-    g.add_argument("--size", type=_positive_int, nargs=4, metavar=("B", "C", "H", "W"),
+    g.add_argument("--size", type=positive_int, nargs=4, metavar=("B", "C", "H", "W"),
                    help="a custom size instead of --sizes")
     g.add_argument("--cells", nargs="+", choices=list(workloads.CELLS),
                    default=list(workloads.CELLS))
@@ -90,7 +81,7 @@ def _kernel_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--variants", nargs="+",
                    help="only these: reference, compiled, a backend (cpp, triton, cuda) or "
                         "<backend>_memeff (default: all available)")
-    g.add_argument("--repeats", type=_positive_int,
+    g.add_argument("--repeats", type=positive_int,
                    help="interleaved repeats per row (default: as many as fit in --budget)")
     g.add_argument("--budget", type=_positive_float, default=None,
                    help="seconds of timing per row when --repeats is not given (default 10, "
@@ -107,17 +98,17 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help=f"zoo models (default: {' '.join(training.DEFAULT_MODELS)}; "
                         f"available: {' '.join(models.list_models())})")
     g.add_argument("--preset", default="mmnist", help="zoo preset (default mmnist)")
-    g.add_argument("--batch", type=_positive_int,
+    g.add_argument("--batch", type=positive_int,
                    help="batch size (default: 16 on CUDA, 4 on CPU, 1 with --quick)")
-    g.add_argument("--input-len", type=_positive_int, help="T_in (default: the preset's)")
-    g.add_argument("--pred-len", type=_positive_int,
+    g.add_argument("--input-len", type=positive_int, help="T_in (default: the preset's)")
+    g.add_argument("--pred-len", type=positive_int,
                    help="frames to predict (default: the preset's)")
     g.add_argument("--train-variants", nargs="+", choices=training.VARIANTS,
                    default=list(training.VARIANTS), help="default: all")
     g.add_argument("--compile-scope", choices=("model", "cells"), default="model",
                    help="model: torch.compile(model.training_loss), one graph of the whole "
                         "rollout (slow to compile); cells: compile each cell's step")
-    g.add_argument("--train-repeats", type=_positive_int,
+    g.add_argument("--train-repeats", type=positive_int,
                    help="interleaved repeats (default: 3 on CPU, 10 on CUDA)")
     g.add_argument("--model-arg", action="append", type=_key_value, default=[],
                    metavar="KEY=VALUE", help="model constructor override, e.g. hidden_size=8 "
@@ -232,11 +223,7 @@ def _check_outputs(args, parser) -> None:
             places.append((f"--{flag}", os.path.dirname(os.path.abspath(path))))
     for flag, folder in places:
         try:
-            os.makedirs(folder, exist_ok=True)
-            probe = os.path.join(folder, f".write-test-{os.getpid()}")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
+            ensure_writable_dir(folder)
         except OSError as e:
             parser.error(f"{flag}: cannot write to {folder!r} ({e.strerror or e}); pick a "
                          f"writable place")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data as fc_data
+from .._argtypes import ensure_writable_dir
 from .._checks import check_device
 from .. import models
 from ..cells.base import CellBase
@@ -169,11 +170,7 @@ class Trainer:
         self.lock = None
         if self.rank == 0:
             try:
-                os.makedirs(cfg.out_dir, exist_ok=True)
-                probe = os.path.join(cfg.out_dir, ".write-test")
-                with open(probe, "w"):
-                    pass
-                os.remove(probe)
+                ensure_writable_dir(cfg.out_dir)
             except OSError as e:
                 raise PermissionError(f"out_dir: cannot write to {cfg.out_dir!r} ({e})") from e
             # the directory is this run's until fit() returns (or close()): a second run or
