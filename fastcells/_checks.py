@@ -36,8 +36,10 @@ def check_device(text) -> torch.device:
         device = torch.device(text)
     except (RuntimeError, TypeError):
         device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {text!r}")
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: expected cpu, cuda or cuda:N (mps on Apple), got {text!r}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {text!r} asked for, but MPS is not available here")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device: {text!r} asked for, but this torch has no CUDA device "

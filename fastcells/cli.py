@@ -128,19 +128,21 @@ def cmd_train(args) -> int:
         saved = os.path.join(cfg.out_dir, "config.json")
         if not args.config and os.path.exists(saved):  # resume the saved run's settings
             cfg = _config_from(argparse.Namespace(**{**vars(args), "config": saved}))
-    trainer = Trainer(cfg, resume=args.resume or False, overwrite=args.overwrite)
+    trainer = Trainer(cfg, resume=args.resume or False, overwrite=args.overwrite,
+                      break_lock=args.break_lock)
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
-        last = trainer.last_checkpoint_step
-        saved = (f"last checkpoint step {last} ({os.path.join(cfg.out_dir, 'last.pt')}); "
-                 f"continue with `fastcells train --out {cfg.out_dir} --resume`"
-                 if last is not None else "no checkpoint written yet; start again with "
-                 "--overwrite")
+        last, path = trainer.last_checkpoint_step, trainer.last_checkpoint_path
+        resume = "--resume" if path == os.path.join(cfg.out_dir, "last.pt") else \
+            f"--resume {path}"
+        saved = (f"last checkpoint step {last} ({path}); continue with `fastcells train "
+                 f"--out {cfg.out_dir} {resume}`" if last is not None else
+                 "no checkpoint written yet; start again with --overwrite")
         print(f"fastcells train: stopped at step {trainer.step}; {saved}", file=sys.stderr)
         return 130
     if result is not None:
-        print(json.dumps({k: v for k, v in result.items() if not k.endswith("_curve")}))
+        print(strict_dumps({k: v for k, v in result.items() if not k.endswith("_curve")}))
     print(f"wrote {cfg.out_dir}/ (last.pt, best.pt, train/val logs, plots)")
     return 0
 
@@ -157,7 +159,8 @@ def _load_run(checkpoint: str, data: str | None, device: str):
     device = check_device(device)
     saved = load(checkpoint)
     cfg = TrainConfig.from_dict(saved["config"])
-    model = models.create(cfg.model, preset=cfg.preset, backend=cfg.backend, **cfg.model_args)
+    model = models.create(cfg.model, preset=cfg.preset, backend=cfg.backend,
+                          **models.without_ignored_overrides(cfg.model, cfg.model_args))
     model.load_state_dict(saved["ema"] if saved.get("ema") else saved["model"])
     model.to(device).eval()
     input_len = cfg.input_len or model.input_len
@@ -273,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue <out>/last.pt, or the checkpoint given")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over --out even though its .lock names a live run or another "
+                        "host (only when you know that run is gone, e.g. a requeued job)")
     p.set_defaults(func=cmd_train)
 
     for name, func, what in (("eval", cmd_eval, "evaluate a checkpoint"),

@@ -15,7 +15,7 @@ import torch
 
 import fastcells
 from fastcells.cli import main as cli
-from fastcells.train import Trainer
+from fastcells.train import TrainConfig, Trainer
 from fastcells.train import checkpoint as ckpt_io
 from fastcells.train.rundir import LOCK_NAME, RunDirectoryLocked, RunLock
 from fastcells.train.schedules import lr_factor
@@ -70,6 +70,31 @@ def test_another_process_holding_the_directory_is_named(tmp_path):
     assert lines and "stale lock" in lines[0] and str(holder.pid) in lines[0]
     lock.release()
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_lock_from_another_host_is_taken_over_only_when_asked(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "node-that-died",
+                                             "started": "yesterday"}))
+    assert cli(_train_cli(tmp_path)) == 2
+    assert "--break-lock" in capsys.readouterr().err  # says how to take it over
+    assert cli(_train_cli(tmp_path, "--break-lock")) == 0
+    assert "took over the lock" in capsys.readouterr().err
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_a_lock_being_written_is_not_mistaken_for_a_stale_one(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("")  # created, not yet filled by its run
+    with pytest.raises(RunDirectoryLocked, match="being taken by another run"):
+        RunLock(str(out)).acquire()
+    old = os.path.getmtime(out / LOCK_NAME) - 3600  # an hour old: its writer died
+    os.utime(out / LOCK_NAME, (old, old))
+    lines = []
+    RunLock(str(out), report=lines.append).acquire().release()
+    assert "stale lock" in lines[0]
 
 
 def test_two_cli_trainings_into_one_out_cannot_interleave(tmp_path, capsys):
@@ -194,6 +219,28 @@ def test_resume_refuses_changed_settings_listing_them(tmp_path):
     with open(tmp_path / "run" / "config.json") as f:
         assert json.load(f)["lr"] == 0.001  # untouched by the refused resume
     Trainer(tiny(tmp_path, eval_every=1), resume=True, progress=False).close()  # may change
+
+
+def test_checkpoints_with_an_override_now_refused_still_load(tmp_path, recwarn):
+    """A run saved before create() refused overrides its model ignores (here kernel_sizes
+    on convlstm) still resumes and evaluates: the override is dropped, with a warning."""
+    cfg = tiny(tmp_path, steps=3)
+    Trainer(cfg, progress=False).fit()
+    path = os.path.join(cfg.out_dir, "last.pt")
+    saved = torch.load(path, weights_only=False)
+    saved["config"]["model_args"]["kernel_sizes"] = [7, 9]
+    torch.save(saved, path)
+    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+        json.dump(saved["config"], f)
+    assert cli(["eval", "--checkpoint", path, "--batches", "1",
+                "--out", str(tmp_path / "eval")]) == 0
+    old = TrainConfig.from_dict({**saved["config"], "steps": 4})
+    Trainer(old, resume=True, progress=False).fit()
+    assert any("kernel_sizes: model 'convlstm' does not read" in str(w.message)
+               for w in recwarn)
+    with pytest.raises(TypeError, match="does not take"):  # a new run still refuses it
+        Trainer(TrainConfig.from_dict({**saved["config"], "out_dir": str(tmp_path / "new")}),
+                progress=False)
 
 
 # ------------------------------------------------------------------------ 5. Ctrl-C

@@ -107,15 +107,21 @@ def measure_roofs(device: torch.device | str = "cpu", dtype=torch.float32,
     # (on by default), so the matmul roof is measured in the same mode; matmul's own TF32
     # switch (off by default) would give a roof several times lower, and floors above the
     # measured times.
-    tf32 = (not cpu and dtype == torch.float32 and torch.backends.cudnn.allow_tf32)
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32 or saved
+    try:
+        tf32 = (not cpu and dtype == torch.float32 and torch.backends.cudnn.allow_tf32)
+        saved = torch.backends.cuda.matmul.allow_tf32
+    except RuntimeError:  # set through the newer fp32_precision switches: left as they are
+        tf32 = saved = None
+    if saved is not None:
+        torch.backends.cuda.matmul.allow_tf32 = tf32 or saved
     try:
         mm_s = fastest(lambda: x @ y)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+        if saved is not None:
+            torch.backends.cuda.matmul.allow_tf32 = saved
     elem = torch.empty((), dtype=dtype).element_size()
-    return {"bandwidth": 2 * n * elem / copy_s, "matmul": 2 * m**3 / mm_s, "tf32": bool(tf32)}
+    return {"bandwidth": 2 * n * elem / copy_s, "matmul": 2 * m**3 / mm_s,
+            "tf32": bool(tf32) if tf32 is not None else None}
 
 
 # ------------------------------------------------------------------------------ machine

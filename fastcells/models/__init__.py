@@ -13,7 +13,8 @@ from .e_convlstm import EnhancedConvLSTM, temporal_consistency_loss
 from .predrnn import PredRNN, decoupling_term, reshape_patch, reshape_patch_back
 from .profile import count_flops, count_params, profile
 from .pyramid import PyramidForecaster
-from .registry import create, describe, list_models, list_presets, preset_config
+from .registry import (create, describe, list_models, list_presets, preset_config,
+                       without_ignored_overrides)
 from .rollout import Forecaster, RecurrentForecaster, TrainOutput
 from .stacked import StackedForecaster
 from .stlight import STLight
@@ -35,7 +36,7 @@ __all__ = [
     "describe",
     "list_models",
     "list_presets",
-    "preset_config",
+    "preset_config", "without_ignored_overrides",
     "profile",
     "reshape_patch",
     "reshape_patch_back",

@@ -20,6 +20,7 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 
 from torch import nn
@@ -127,6 +128,21 @@ def preset_config(name: str, preset: str) -> dict:
         raise ValueError(f"preset: model {name!r} has presets {list(entry.presets)}, got "
                          f"{preset!r}")
     return dict(entry.presets[preset])
+
+
+def without_ignored_overrides(name: str, overrides: dict) -> dict:
+    """``overrides`` less those model ``name`` never reads (which :func:`create` refuses),
+    with a warning naming them: for configs saved before create() refused them, whose runs
+    ran without them (loading such a checkpoint, resuming it)."""
+    entry = _entry(name)
+    unused = set(_UNUSED_BY_CELL.get(entry.fixed.get("cell"), ()))
+    dropped = sorted(k for k in overrides if k in unused)
+    if dropped:
+        warnings.warn(f"{', '.join(dropped)}: model {name!r} does not read "
+                      f"{'this argument' if len(dropped) == 1 else 'these arguments'}; the "
+                      f"saved run ran without {'it' if len(dropped) == 1 else 'them'}, so "
+                      f"{'it is' if len(dropped) == 1 else 'they are'} dropped", stacklevel=2)
+    return {k: v for k, v in overrides.items() if k not in dropped}
 
 
 def create(name: str, preset: str | None = None, **overrides) -> nn.Module:

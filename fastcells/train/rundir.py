@@ -19,6 +19,7 @@ import time
 import weakref
 
 LOCK_NAME = ".lock"
+FRESH_S = 10.0  # an unreadable lock younger than this is being written, not stale
 _HELD: dict[str, weakref.ref] = {}  # locks this process holds, by real path
 
 
@@ -40,8 +41,9 @@ class RunLock:
     """The lock of run directory ``out_dir``; :meth:`acquire` / :meth:`release`, or a
     ``with`` block. ``report`` receives one line when a stale lock is taken over."""
 
-    def __init__(self, out_dir: str, report=None):
+    def __init__(self, out_dir: str, report=None, force: bool = False):
         self.out_dir = out_dir
+        self.force = force  # take over whatever lock is there (the user says its run is gone)
         self.path = os.path.join(out_dir, LOCK_NAME)
         self.key = os.path.realpath(self.path)
         self.report = report or (lambda line: print(line, file=sys.stderr))
@@ -82,13 +84,30 @@ class RunLock:
                 owner = json.load(f)
             pid, host = int(owner["pid"]), str(owner["host"])
         except (OSError, ValueError, KeyError, TypeError):
-            # unreadable: half-written by a run killed while taking it (or not ours)
+            # Unreadable: being written this instant by a run taking the lock (created, not
+            # yet filled), or left half-written by one killed then. Only an old one is stale.
+            try:
+                age = time.time() - os.path.getmtime(self.path)
+            except OSError:
+                return  # gone meanwhile: try again
+            if age < FRESH_S and not self.force:
+                raise RunDirectoryLocked(f"out_dir: {self.out_dir!r} is being taken by another "
+                                         f"run right now; pick another --out")
             owner, pid, host = {}, None, socket.gethostname()
         started = owner.get("started", "an unknown time")
+        if self.force:
+            self.report(f"fastcells: took over the lock in {self.out_dir!r} of pid {pid} on "
+                        f"{host!r} (started {started}), as asked (--break-lock)")
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            return
         if host != socket.gethostname():
             raise RunDirectoryLocked(
                 f"out_dir: {self.out_dir!r} is locked by pid {pid} on host {host!r} (started "
-                f"{started}). If no run is active there, delete {self.path!r}")
+                f"{started}). If no run is active there, take it over with --break-lock "
+                f"(Trainer(break_lock=True))")
         if pid is not None and pid != os.getpid() and _pid_alive(pid):
             raise RunDirectoryLocked(
                 f"out_dir: {self.out_dir!r} is in use by another run (pid {pid}, started "

@@ -128,17 +128,41 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool | str = False, progress: bool = True,
-                 overwrite: bool = False):
+                 overwrite: bool = False, break_lock: bool = False):
         self.cfg = cfg
         self.device = check_device(cfg.device)
         self.rank, self.world = _distributed(self.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.progress = progress and self.rank == 0
-        seed_everything(cfg.seed)
+        self.last_checkpoint_step = None  # the step of the newest last.pt (None: none yet)
+        self.last_checkpoint_path = None
+        self.lock = None
+        if self.rank == 0:
+            try:
+                ensure_writable_dir(cfg.out_dir)
+            except OSError as e:
+                raise PermissionError(f"out_dir: cannot write to {cfg.out_dir!r} ({e})") from e
+            # The directory is this run's until fit() returns (or close()): a second run or
+            # resume on it is refused instead of interleaving logs and checkpoints. Taken
+            # before the model and data are built, so a refusal costs nothing.
+            self.lock = RunLock(cfg.out_dir, force=break_lock).acquire()
+        try:
+            self._build(bool(resume))
+            self._open_run(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
 
+    def _build(self, resuming: bool) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        # A checkpoint written before create() refused overrides the model ignores may hold
+        # one: the run it resumes ran without it, so it is dropped with a warning.
+        model_args = (models.without_ignored_overrides(cfg.model, cfg.model_args)
+                      if resuming else cfg.model_args)
         self.model = models.create(cfg.model, preset=cfg.preset, backend=cfg.backend,
-                                   **cfg.model_args).to(self.device)
+                                   **model_args).to(self.device)
         if cfg.temporal_weight and "temporal_consistency" in self.model.loss_weights:
             raise ValueError(f"temporal_weight: {cfg.model} adds the temporal-consistency loss "
                              f"itself (weight {self.model.loss_weights['temporal_consistency']}); "
@@ -147,7 +171,7 @@ class Trainer:
         self.pred_len = cfg.pred_len or self.model.pred_len
         self._set_checkpoint_layers(cfg.checkpoint_layers)
         self.total_len = self.input_len + self.pred_len
-        dataset = run_dataset(cfg, self.model, self.total_len)
+        dataset = run_dataset(cfg, self.model, self.total_len, progress=self.progress)
         self.train_set, self.val_set = fc_data.split(dataset, cfg.val_fraction, cfg.seed)
         self.global_batch = cfg.batch_size * self.world
         if len(self.train_set) < self.global_batch:
@@ -165,22 +189,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step, self.best_val, self.bad_evals = 0, math.inf, 0
-
-        self.last_checkpoint_step = None  # the step last.pt holds (None: none written)
-        self.lock = None
-        if self.rank == 0:
-            try:
-                ensure_writable_dir(cfg.out_dir)
-            except OSError as e:
-                raise PermissionError(f"out_dir: cannot write to {cfg.out_dir!r} ({e})") from e
-            # the directory is this run's until fit() returns (or close()): a second run or
-            # resume on it is refused instead of interleaving logs and checkpoints
-            self.lock = RunLock(cfg.out_dir).acquire()
-        try:
-            self._open_run(resume, overwrite)
-        except BaseException:
-            self.close()
-            raise
 
     def _open_run(self, resume, overwrite: bool) -> None:
         cfg = self.cfg
@@ -401,9 +409,10 @@ class Trainer:
 
     def _checkpoint(self, name: str = "last.pt") -> None:
         if self.rank == 0:
-            ckpt_io.save_atomic(self.state(), os.path.join(self.cfg.out_dir, name))
+            path = os.path.join(self.cfg.out_dir, name)
+            ckpt_io.save_atomic(self.state(), path)
             if name == "last.pt":
-                self.last_checkpoint_step = self.step
+                self.last_checkpoint_step, self.last_checkpoint_path = self.step, path
 
     def _resume(self, path: str) -> None:
         saved = ckpt_io.load(path)
@@ -426,7 +435,7 @@ class Trainer:
             self.ema.load_state_dict(saved["ema"])
         self.step, self.best_val = saved["step"], saved["best_val"]
         self.bad_evals = saved["bad_evals"]
-        self.last_checkpoint_step = self.step
+        self.last_checkpoint_step, self.last_checkpoint_path = self.step, path
         ckpt_io.set_rng_state(saved["rng"])
         if self.rank == 0:  # records past the checkpoint are redone by this run
             for log in (self.train_log, self.val_log):
