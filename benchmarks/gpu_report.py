@@ -70,7 +70,7 @@ def _record_commit(summary: dict) -> None:
             commit = head + (" + uncommitted changes" if dirty else "")
         else:
             commit = "unknown (its sources differ from this checkout)"
-        m["commit"], m["dirty"] = commit, False
+        m["commit"] = commit
         for step in phase["steps"].values():  # the fastcells.bench tables' machine lines
             for table in step.get("bench", {}).values():
                 if "start" in table:
@@ -166,11 +166,10 @@ def machine_line(m: dict) -> str:
     gpu = (f"{m.get('gpu')} (sm_{str(m.get('capability', '?')).replace('.', '')}, "
            f"{m.get('multiprocessors')} SMs, {m.get('memory_gib')} GiB)" if m.get("gpu")
            else "no GPU (dry run)")
-    dirty = " (uncommitted changes)" if m.get("dirty") else ""
     return (f"{gpu}; driver {m.get('nvidia-smi')}; torch {m.get('torch')} (CUDA "
             f"{m.get('cuda_runtime')}), triton {m.get('triton')}, numpy {m.get('numpy')}, "
             f"Python {m.get('python')}, {m.get('cpu_count')} CPUs; {m.get('nvcc')}; "
-            f"{m.get('date')}, commit {m.get('commit')}{dirty}.")
+            f"{m.get('date')}, commit {m.get('commit')}.")
 
 
 def _fmt_value(value) -> str:

@@ -72,14 +72,10 @@ def _env(**extra) -> dict:
     return env
 
 
-def _run(cmd: list, env: dict, log: Path | None = None) -> int:
-    """A command's exit status, its output into the suite's log (stdout) or ``log``."""
+def _run(cmd: list, env: dict) -> int:
+    """A command's exit status; its output goes to the suite's log (this process's stdout)."""
     print("$ " + " ".join(str(c) for c in cmd), flush=True)
-    if log is None:
-        return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
-    with open(log, "w") as f:
-        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                              check=False).returncode
+    return subprocess.run(cmd, cwd=ROOT, env=env, check=False).returncode
 
 
 # ------------------------------------------------------------------------------- machine
@@ -89,12 +85,15 @@ def machine(ctx: Context) -> None:
 
     import torch
 
+    from fastcells import _ext
+    from fastcells.bench import timing
+
     info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
             "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
-            "cpu_count": os.cpu_count(), "numpy": _version("numpy"),
-            "triton": _version("triton"), "commit": _git(["rev-parse", "--short", "HEAD"]),
-            "dirty": bool(_git(["status", "--porcelain", "--untracked-files=no"])),
-            "source_digest": gpu_report.source_digest()}
+            "cpu_count": os.cpu_count(), "numpy": _ext._module_version("numpy"),
+            "triton": _ext._module_version("triton"),
+            # no .git on the device: gpu_report.merge names the commit from this digest
+            "commit": timing._git_commit(), "source_digest": gpu_report.source_digest()}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, capability=f"{p.major}.{p.minor}",
@@ -112,22 +111,6 @@ def machine(ctx: Context) -> None:
     ctx.figure("machine", info)
     if info["gpu"] is None and not ctx.dry:
         raise RuntimeError("torch sees no CUDA GPU (torch.cuda.is_available() is False)")
-
-
-def _version(module: str):
-    try:
-        return __import__(module).__version__
-    except ImportError:
-        return None
-
-
-def _git(args: list):
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 # --------------------------------------------------------------------------------- build

@@ -37,25 +37,14 @@ def check_values(dataset: Dataset, spec: str = "data", progress: bool = True) ->
     return _check_items(dataset, spec, progress)
 
 
-def _problem(values: np.ndarray) -> str | None:
-    """What is wrong with scaled frame values, or None."""
-    finite = np.isfinite(values)
-    if not finite.all():
-        return "holds NaN or infinite values"
-    low, high = float(values.min()), float(values.max())
-    if low < -TOLERANCE or high > 1 + TOLERANCE:
-        return f"has values in [{low:g}, {high:g}]"
-    return None
-
-
 FIX = ("the models, losses and metrics expect frames scaled to [0, 1]: store uint8 "
        "(read as x/255), uint16 (x/65535) or floats already in [0, 1]")
 
 
-def _raw_problem(values: np.ndarray, scale: float) -> str | None:
-    """:func:`_problem` of ``values * scale`` without making that array: finiteness on the
-    stored values, the range from their min and max (a float64 copy of a 64 MiB uint8 chunk
-    would take 512 MiB)."""
+def _problem(values: np.ndarray, scale: float = 1.0) -> str | None:
+    """What is wrong with frames ``values * scale``, or None, without making that array:
+    finiteness on the stored values, the range from their min and max (a float64 copy of a
+    64 MiB uint8 chunk would take 512 MiB)."""
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         return "holds NaN or infinite values"
     low, high = float(values.min()) * scale, float(values.max()) * scale
@@ -82,10 +71,10 @@ def _check_npy(ds: NpySequences, spec: str) -> None:
         index = [slice(None)] * arr.ndim
         index[n_axis] = slice(start, start + step)
         chunk = np.asarray(arr[tuple(index)])
-        if _raw_problem(chunk, ds.scale) is None:
+        if _problem(chunk, ds.scale) is None:
             continue
         for i in range(chunk.shape[n_axis]):  # the first bad sequence of the chunk
-            problem = _raw_problem(np.take(chunk, i, axis=n_axis), ds.scale)
+            problem = _problem(np.take(chunk, i, axis=n_axis), ds.scale)
             if problem:
                 raise ValueError(f"data: {spec!r}: sequence {start + i} of {ds.path!r} "
                                  f"{problem}; {FIX}, or pass scale=")
@@ -101,10 +90,10 @@ def _check_clips(ds: PredRNNClips, spec: str) -> None:
         step = max(1, CHUNK_BYTES // max(1, arr[0].nbytes))
         for start in range(0, len(arr), step):
             chunk = arr[start:start + step]
-            if _raw_problem(chunk, ds.scale) is None:
+            if _problem(chunk, ds.scale) is None:
                 continue
             for j in range(len(chunk)):
-                problem = _raw_problem(chunk[j], ds.scale)
+                problem = _problem(chunk[j], ds.scale)
                 if problem:
                     raise ValueError(f"data: {spec!r}: frame {start + j} of {name!r} in "
                                      f"{ds.path!r} {problem}; {FIX}")
