@@ -113,8 +113,20 @@ def _module_version(name: str) -> str | None:
         return None
 
 
+_REASONS: dict = {}
+
+
 def triton_unavailable_reason() -> str | None:
-    """Why backend 'triton' cannot run here, with what to do; None when it can."""
+    """Why backend 'triton' cannot run here, with what to do; None when it can. Asked on
+    every cell step, so worked out once per interpreter setting (versions do not change
+    within a process; the key holds the version lookup so that tests can replace it)."""
+    key = (triton_interpreted(), _module_version)
+    if key not in _REASONS:
+        _REASONS[key] = _triton_problem()
+    return _REASONS[key]
+
+
+def _triton_problem() -> str | None:
     triton = _module_version("triton")
     if triton is None:
         return TRITON_HINT
