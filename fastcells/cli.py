@@ -173,7 +173,7 @@ def _load_run(checkpoint: str, data: str | None, device: str):
 
 def cmd_eval(args) -> int:
 
-    from .metrics import LPIPS
+    from .metrics import FVD, LPIPS
     from .train import evaluate_model
     from .train.plots import per_frame_metrics
 
@@ -189,9 +189,11 @@ def cmd_eval(args) -> int:
     device = next(model.parameters()).device
     lpips = (LPIPS(args.lpips_weights, net=args.lpips_net).to(device)
              if args.lpips_weights else None)
+    fvd = FVD(args.fvd_detector, device=device) if args.fvd_detector else None
     result = evaluate_model(model, dataset, input_len, pred_len, args.batch_size,
                             device, args.batches, progress=True,
-                            thresholds=args.thresholds, lpips=lpips)
+                            thresholds=args.thresholds, lpips=lpips, fvd=fvd,
+                            fvd_videos=args.fvd_videos)
     print(strict_dumps({k: v for k, v in result.items() if not k.endswith("_curve")}))
     if unwritable is not None:
         raise unwritable
@@ -300,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--lpips-weights", help="LPIPS weights file (never downloaded)")
             p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"),
                            help="LPIPS backbone of the weights file (default %(default)s)")
+            p.add_argument("--fvd-detector",
+                           help="FVD: a video detector TorchScript file, StyleGAN-V's I3D "
+                                "i3d_torchscript.pt (never downloaded); frames resized to "
+                                "224, values in [-1, 1], its features before the softmax")
+            p.add_argument("--fvd-videos", default="full", choices=("full", "pred"),
+                           help="FVD compares whole clips, given + predicted frames vs the "
+                                "true clip (full, default), or predicted frames only (pred)")
         else:
             p.add_argument("--num", type=positive_int, default=4,
                            help="sequences to draw, >= 1 (default %(default)s; fewer if the "
