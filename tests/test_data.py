@@ -10,12 +10,14 @@ import torch
 from PIL import Image
 
 from fastcells.data import (
+    Cityscapes,
     MovingMNIST,
     NpySequences,
     PredRNNClips,
     SequenceFolder,
     TaxiBJ,
     build_dataset,
+    check_values,
     load_mnist_idx,
     render_digits,
     split,
@@ -335,6 +337,121 @@ def test_taxibj_errors(tmp_path):
         TaxiBJ(tmp_path / "flows.csv")
     with pytest.raises(FileNotFoundError):
         TaxiBJ(tmp_path / "missing.h5")
+
+
+# ---------------------------------------------------------------- Cityscapes
+
+def _cityscapes(root, split, city, seq, frames, size=(6, 12), seed=0):
+    """Writes <root>/leftImg8bit_sequence/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    for each frame number; returns the (T, H, W, 3) uint8 frames written."""
+    folder = root / "leftImg8bit_sequence" / split / city
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (len(frames), *size, 3), dtype=np.uint8)
+    for f, image in zip(frames, images):
+        _png(folder / f"{city}_{seq:06d}_{f:06d}_leftImg8bit.png", image)
+    return images
+
+
+def _cityscapes_tree(root):
+    return {
+        ("aachen", 0): _cityscapes(root, "train", "aachen", 0, range(0, 30), seed=1),
+        # two annotated frames 30 apart: one run of 60 frames, two snippets
+        ("bochum", 7): _cityscapes(root, "train", "bochum", 7, range(100, 160), seed=2),
+        ("frankfurt", 1): _cityscapes(root, "val", "frankfurt", 1, range(275, 305), seed=3),
+    }
+
+
+def test_cityscapes_snippets_crop_resize_and_splits(tmp_path):
+    written = _cityscapes_tree(tmp_path)
+    (tmp_path / "leftImg8bit_sequence" / "train" / "aachen" / "README.txt").write_text("-")
+    # seed 002's setting: 30-frame snippets at 128x128 (2 given, 28 predicted)
+    ds = build_dataset(f"cityscapes:{tmp_path}", seq_len=30)
+    assert isinstance(ds, Cityscapes) and len(ds) == 3
+    x = ds[0]
+    assert x.shape == (30, 3, 128, 128) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1
+    assert [(c, s, len(p)) for c, s, p in ds.snippets] == [
+        ("aachen", "000000", 30), ("bochum", "000007", 30), ("bochum", "000007", 30)]
+    assert ds.snippets[2][2][0].endswith("bochum_000007_000130_leftImg8bit.png")
+    # a centre crop of the 6x12 frames to 6x6 without resizing: columns 3..8 exactly
+    crop = Cityscapes(tmp_path, seq_len=30, image_size=6)
+    expect = torch.from_numpy(written[("bochum", 7)][30:, :, 3:9]).permute(0, 3, 1, 2) / 255
+    assert torch.equal(crop[2], expect)
+    # the whole frame at its size; a non-square output size; windows
+    whole = Cityscapes(tmp_path, seq_len=4, image_size=None, crop="none", stride=13)
+    assert len(whole) == 3 * 3                                      # starts 0, 13, 26
+    expect = torch.from_numpy(written[("aachen", 0)][13:17]).permute(0, 3, 1, 2) / 255
+    assert torch.equal(whole[1], expect)
+    assert Cityscapes(tmp_path, seq_len=2, image_size=(4, 10))[0].shape == (2, 3, 4, 10)
+    # resizing keeps a flat frame flat (Pillow's bilinear filter, as torchvision's Resize)
+    flat = tmp_path / "flat"
+    folder = flat / "leftImg8bit_sequence" / "train" / "ulm"
+    folder.mkdir(parents=True)
+    for f in range(30):
+        _png(folder / f"ulm_000002_{f:06d}_leftImg8bit.png",
+             np.full((10, 20, 3), (f * 8, 100, 255 - f), np.uint8))
+    y = Cityscapes(flat, image_size=16)[0]
+    assert y.shape == (30, 3, 16, 16)
+    assert torch.equal(y[:, :, 5, 7] * 255, torch.tensor(
+        [[f * 8, 100, 255 - f] for f in range(30)], dtype=torch.float32))
+    assert torch.equal(y.amin((2, 3)), y.amax((2, 3)))
+    # the split: by keyword, or by the path (how a CLI spec picks it)
+    val = Cityscapes(tmp_path, split="val", image_size=8)
+    assert [c for c, _, _ in val.snippets] == ["frankfurt"] and val.split == "val"
+    spec = f"cityscapes:{tmp_path / 'leftImg8bit_sequence' / 'val'}"
+    assert torch.equal(build_dataset(spec, seq_len=30, image_size=8)[0], val[0])
+    assert len(Cityscapes(tmp_path / "leftImg8bit_sequence", image_size=8)) == 3
+    # each run of consecutive frames as one snippet
+    runs = Cityscapes(tmp_path, seq_len=30, snippet_len=None, image_size=8)
+    assert [len(p) for _, _, p in runs.snippets] == [30, 60]
+    check_values(ds, "cityscapes")                                  # every frame readable
+
+
+def test_cityscapes_errors(tmp_path):
+    _cityscapes_tree(tmp_path)
+    train = tmp_path / "leftImg8bit_sequence" / "train"
+    with pytest.raises(ValueError, match="fewer than seq_len=31"):
+        Cityscapes(tmp_path, seq_len=31)
+    with pytest.raises(ValueError, match="split: 'train', but the path"):
+        Cityscapes(tmp_path / "leftImg8bit_sequence" / "val", split="train")
+    with pytest.raises(FileNotFoundError, match=r"no split 'test'.*\['train', 'val'\]"):
+        Cityscapes(tmp_path, split="test")
+    with pytest.raises(FileNotFoundError, match="holds no 'leftImg8bit_sequence' folder"):
+        Cityscapes(train / "aachen")
+    with pytest.raises(ValueError, match="crop"):
+        Cityscapes(tmp_path, crop="random")
+    with pytest.raises(ValueError, match="image_size"):
+        Cityscapes(tmp_path, image_size=0)
+    # a frame missing inside a snippet: both pieces named, with the gap
+    (train / "aachen" / "aachen_000000_000013_leftImg8bit.png").unlink()
+    with pytest.raises(ValueError, match=r"aachen sequence 000000 .*frames 000000-000012 are "
+                                         r"13 consecutive frames.*000013 of the sequence are "
+                                         r"missing"):
+        Cityscapes(tmp_path)
+    ok = Cityscapes(tmp_path, seq_len=13, snippet_len=None, image_size=8)
+    assert [len(p) for _, _, p in ok.snippets] == [13, 16, 60]
+    # a short snippet (the end of the download cut off)
+    _cityscapes(tmp_path, "train", "aachen", 0, range(13, 14))
+    for f in range(20, 30):
+        (train / "aachen" / f"aachen_000000_{f:06d}_leftImg8bit.png").unlink()
+    with pytest.raises(ValueError, match=r"frames 000000-000019 are 20 consecutive.*no other "
+                                         r"frames"):
+        Cityscapes(tmp_path)
+    _cityscapes(tmp_path, "train", "aachen", 0, range(20, 30))
+    # a stray image name, and a corrupt frame (named when read and by check_values)
+    stray = train / "aachen" / "aachen_frame.png"
+    _png(stray, np.zeros((6, 12, 3), np.uint8))
+    with pytest.raises(ValueError, match="aachen_frame.png.*is not named"):
+        Cityscapes(tmp_path)
+    stray.unlink()
+    bad = train / "bochum" / "bochum_000007_000140_leftImg8bit.png"
+    bad.write_bytes(bad.read_bytes()[:60])                          # truncated
+    ds = Cityscapes(tmp_path, seq_len=30, image_size=8)
+    with pytest.raises(ValueError, match="cannot read frame.*bochum_000007_000140"):
+        ds[2]
+    with pytest.raises(ValueError, match="cannot read frame.*bochum_000007_000140"):
+        check_values(ds, "cityscapes")
 
 
 # ---------------------------------------------------------------- factory, split

@@ -7,11 +7,13 @@
 * :class:`PredRNNClips`: predrnn-pytorch ``.npz`` clip archives.
 * :class:`SequenceFolder`: folders of frame images or ``.npy`` sequences.
 * :class:`TaxiBJ`: TaxiBJ ``.h5`` (h5py) / ``.npz`` flows.
+* :class:`Cityscapes`: the ``leftImg8bit_sequence`` 30-frame snippets, RGB, resized.
 * :func:`build_dataset` (spec strings, see ``SPECS``) and :func:`split`;
   :func:`check_values`: every sequence finite and in [0, 1] (run before training).
 """
 from .arrays import NpySequences, PredRNNClips
 from .checks import check_values
+from .cityscapes import Cityscapes
 from .factory import SPECS, build_dataset, split
 from .folder import SequenceFolder
 from .glyphs import render_digit, render_digits
@@ -20,6 +22,7 @@ from .taxibj import TaxiBJ
 
 __all__ = [
     "SPECS",
+    "Cityscapes",
     "MovingMNIST",
     "NpySequences",
     "PredRNNClips",

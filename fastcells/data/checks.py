@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .arrays import NpySequences, PredRNNClips
+from .cityscapes import Cityscapes
 from .folder import SequenceFolder
 from .moving_mnist import MovingMNIST
 
@@ -34,6 +35,8 @@ def check_values(dataset: Dataset, spec: str = "data", progress: bool = True) ->
         return _check_clips(dataset, spec)
     if isinstance(dataset, SequenceFolder):
         return _check_folder(dataset, spec, progress)
+    if isinstance(dataset, Cityscapes):
+        return _check_cityscapes(dataset, spec, progress)
     return _check_items(dataset, spec, progress)
 
 
@@ -132,6 +135,32 @@ def _check_folder(ds: SequenceFolder, spec: str, progress: bool) -> None:
             if problem:
                 raise ValueError(f"data: {spec!r}: {path!r} {problem}; {FIX}")
         bar.update(n)
+    bar.close()
+
+
+def _check_cityscapes(ds: Cityscapes, spec: str, progress: bool) -> None:
+    """Every frame of every snippet read once, as items read it (decoded, cropped, resized):
+    readable and, at the stored size (image_size=None), of one shape; the error names the
+    file. 8-bit frames scaled by 1/255 need no range check."""
+    from tqdm.auto import tqdm
+
+    total = sum(len(paths) for _, _, paths in ds.snippets)
+    bar = tqdm(total=total, desc=f"checking {spec}", unit="frame",
+               disable=not progress or total < 500, leave=False)
+    shape = None
+    for _, _, paths in ds.snippets:
+        for path in paths:
+            frame = ds.read_frame(path)   # names the file it cannot read
+            if shape is None:
+                shape, first = frame.shape, path
+            elif frame.shape != shape:
+                raise ValueError(f"data: {spec!r}: frame {path!r} is {frame.shape[1]}x"
+                                 f"{frame.shape[2]}, {first!r} {shape[1]}x{shape[2]}; pass "
+                                 f"image_size= to resize them all")
+            problem = _problem(frame)
+            if problem:
+                raise ValueError(f"data: {spec!r}: {path!r} {problem}; {FIX}")
+        bar.update(len(paths))
     bar.close()
 
 

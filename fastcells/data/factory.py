@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .arrays import NpySequences, PredRNNClips
+from .cityscapes import Cityscapes
 from .folder import SequenceFolder
 from .moving_mnist import MovingMNIST, load_mnist_idx
 from .taxibj import TaxiBJ
@@ -18,19 +19,23 @@ SPECS = {
     "predrnn_npz:<path>": "a predrnn-pytorch clip archive (clips, dims, input_raw_data)",
     "folder:<path>": "a folder of sequences: sub-folders of frame images or .npy files",
     "taxibj:<path>": "TaxiBJ flows (.h5 with h5py, or .npz), min-max scaled to [0, 1]",
+    "cityscapes:<path>": "Cityscapes leftImg8bit_sequence 30-frame snippets, RGB, centre-"
+                         "cropped and resized (128x128 unless image_size=); <path> is the "
+                         "root, or .../leftImg8bit_sequence/<split> to pick the split",
 }
 
 
 def build_dataset(spec: str = "synthetic", seq_len: int | None = 20, *,
-                  num_sequences: int = 10000, image_size: int = 64, num_digits: int = 2,
-                  seed: int = 0, **kwargs) -> Dataset:
+                  num_sequences: int = 10000, image_size: int | None = None,
+                  num_digits: int = 2, seed: int = 0, **kwargs) -> Dataset:
     """A dataset of float32 sequences (T, C, H, W) from a spec string (keys of ``SPECS``).
 
     ``seq_len`` is the frames per item (file loaders: the first ``seq_len`` of each
-    sequence, or all when None; TaxiBJ flows: windows). ``num_sequences``, ``image_size``,
-    ``num_digits`` and ``seed`` configure the generators (``synthetic``, ``mnist_idx``);
-    other keyword arguments go to the loader's constructor (e.g. ``split="test"`` for
-    TaxiBJ, ``layout=`` for ``npy``).
+    sequence, or all when None; TaxiBJ flows: windows). ``num_sequences``, ``image_size``
+    (default 64), ``num_digits`` and ``seed`` configure the generators (``synthetic``,
+    ``mnist_idx``); ``image_size`` is also the frame size of ``cityscapes`` (default 128).
+    Other keyword arguments go to the loader's constructor (e.g. ``split="test"`` for
+    TaxiBJ and Cityscapes, ``layout=`` for ``npy``).
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"spec: expected one of {', '.join(SPECS)}, got {spec!r}")
@@ -46,7 +51,8 @@ def build_dataset(spec: str = "synthetic", seq_len: int | None = 20, *,
                 raise ValueError("spec: 'mnist_idx:<path>' needs the idx3-ubyte file's path")
             digits = load_mnist_idx(path)
             kwargs.setdefault("digit_size", digits.shape[1])
-        return MovingMNIST(num_sequences, seq_len=seq_len, image_size=image_size,
+        return MovingMNIST(num_sequences, seq_len=seq_len,
+                           image_size=64 if image_size is None else image_size,
                            num_digits=num_digits, seed=seed, digits=digits, **kwargs)
     loaders = {
         "mnist_test_seq": lambda: NpySequences(path, layout="TNHW", seq_len=seq_len, **kwargs),
@@ -54,6 +60,9 @@ def build_dataset(spec: str = "synthetic", seq_len: int | None = 20, *,
         "predrnn_npz": lambda: PredRNNClips(path, seq_len=seq_len, **kwargs),
         "folder": lambda: SequenceFolder(path, seq_len=seq_len, **kwargs),
         "taxibj": lambda: TaxiBJ(path, seq_len=seq_len, **kwargs),
+        "cityscapes": lambda: Cityscapes(
+            path, seq_len=seq_len, image_size=128 if image_size is None else image_size,
+            **kwargs),
     }
     if kind not in loaders:
         raise ValueError(f"spec: unknown dataset {kind!r}; expected one of "

@@ -189,7 +189,7 @@ FIELD_HELP = {
     "preset": "the model's preset (mmnist, taxibj, kth, ...; 'none' for none)",
     "backend": "auto, reference, cpp, triton or cuda",
     "data": "dataset: synthetic (built-in Moving MNIST), a .npy/.npz file, a folder of "
-            "frames, a Moving MNIST .npy, a TaxiBJ .h5 (README: Data)",
+            "frames, a Moving MNIST .npy, a TaxiBJ .h5, cityscapes:<path> (README: Data)",
     "num_sequences": "sequences of the synthetic data, int >= 1",
     "input_len": "input frames, int >= 1 (default: the preset's)",
     "pred_len": "predicted frames, int >= 1 (default: the preset's)",
