@@ -217,6 +217,11 @@ def test_default_input_convention_is_the_reference_preprocessing(shape):
     expect = torch.stack([ref.preprocess_single(v.permute(1, 0, 2, 3), 24) for v in rgb])
     assert x.shape == (shape[0], 3, shape[1], 24, 24) and x.dtype == torch.float32
     torch.testing.assert_close(x, expect, rtol=0, atol=1e-6)
+    # non-contiguous and channels-last-like strides read the same values
+    strided = videos.transpose(3, 4).contiguous().transpose(3, 4)
+    assert not strided.is_contiguous()
+    metric.update_fake(strided)
+    assert torch.equal(rec.calls[1][0], x)
 
 
 def test_configurable_input_conventions():
