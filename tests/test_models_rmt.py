@@ -54,6 +54,7 @@ def test_registry_and_presets():
     assert (model.patch_size, model.cell.dim, len(model.cell.blocks), model.cell.memory_size,
             model.cell.segment_len, model.cell.bptt_depth) == (8, 64, 4, 8, 5, -1)
     assert M.count_params(model) == 208896  # README's zoo table
+    assert M.count_params(M.create("rmt", preset="taxibj")) == 204768
     assert model.backend == "reference"
     with torch.no_grad():
         assert model(torch.rand(1, 2, 1, 64, 64), pred_len=3).shape == (1, 3, 1, 64, 64)
@@ -291,27 +292,34 @@ def test_bf16_autocast_trains():
 # --- FLOPs of the attention -----------------------------------------------------------------
 
 
-def test_flops_count_sdpa_and_match_the_rollout_by_hand():
-    pytest.importorskip("fvcore")
-    model = M.create("rmt", **{**TINY, "mlp_ratio": 2.0})
-    t_in, n = 3, 2
-    flops = M.count_flops(model, (1, t_in, 2, H, W), pred_len=n)
-    d, m, s, p = 16, 3, 2, 4
-    tok, hidden, patch = (H // p) * (W // p), 2 * d, 2 * p * p
-
-    def block(q, keys):  # qkv, proj, MLP, attention (QK^T and AV), two LayerNorms (5/elem)
+def rollout_flops(d, depth, hidden, m, s, tok, patch, steps):
+    """fvcore's count of the inference rollout, by hand: every linear map, the attention's
+    two products (q k^T, weights v) and LayerNorm's 5 flops per element."""
+    def block(q, keys):  # qkv, proj, MLP, attention, two LayerNorms
         return q * d * 3 * d + q * d * d + 2 * q * d * hidden + 2 * q * keys * d + 2 * 5 * q * d
-    total, steps = 0, t_in + n - 1
+    total = 0
     for t in range(steps):
         f = t % s                                  # frame index in the segment
         if f == 0:
-            if t > 0:  # the write of the previous segment
-                total += sum(block(m, m + s * tok + m) for _ in range(2)) + 5 * m * d
+            if t > 0:  # the write of the previous segment, then its final LayerNorm
+                total += depth * block(m, m + s * tok + m) + 5 * m * d
             # the read memory: the last block computes only its keys and values
-            total += block(m, m) + m * d * 3 * d + 5 * m * d
-        total += sum(block(tok, m + (f + 1) * tok) for _ in range(2)) + 5 * tok * d
+            total += (depth - 1) * block(m, m) + m * d * 3 * d + 5 * m * d
+        total += depth * block(tok, m + (f + 1) * tok) + 5 * tok * d
         total += 2 * tok * patch * d               # patch embedding and head
-    assert flops == total
+    return total
+
+
+def test_flops_count_sdpa_and_match_the_rollout_by_hand():
+    pytest.importorskip("fvcore")
+    model = M.create("rmt", **TINY)
+    flops = M.count_flops(model, (1, 3, 2, H, W), pred_len=2)
+    assert flops == rollout_flops(d=16, depth=2, hidden=32, m=3, s=2, tok=15, patch=32, steps=4)
+    # README's zoo table (profile of the presets), by the same count
+    assert rollout_flops(d=64, depth=4, hidden=256, m=8, s=5, tok=64, patch=64,
+                         steps=19) == 387061248
+    assert rollout_flops(d=64, depth=4, hidden=256, m=8, s=2, tok=64, patch=32,
+                         steps=7) == 125851136
 
 
 # --- errors -------------------------------------------------------------------------------
