@@ -200,7 +200,8 @@ class RMTCell(nn.Module):
         """Whether the memory entering ``segment`` (>= 1) is cut from the graph."""
         return self.bptt_depth != -1 and segment <= num_segments - self.bptt_depth
 
-    def _pass_memory(self, memory: Tensor, segment: int, num_segments: int | None) -> Tensor:
+    def pass_memory(self, memory: Tensor, segment: int, num_segments: int | None) -> Tensor:
+        """``memory`` as segment ``segment`` reads it: detached when truncated BPTT says so."""
         if self.bptt_depth != -1 and num_segments is None and torch.is_grad_enabled() \
                 and memory.requires_grad:
             raise ValueError(f"num_segments: truncated BPTT (bptt_depth={self.bptt_depth}) "
@@ -239,7 +240,7 @@ class RMTCell(nn.Module):
             memory, segment = self.initial_memory(x.shape[0]), 0
         elif state.frames == self.segment_len:
             segment = state.segment + 1
-            memory = self._pass_memory(self._write(state), segment, num_segments)
+            memory = self.pass_memory(self._write(state), segment, num_segments)
         else:
             memory, segment = state.memory, state.segment
         if state is None or state.frames == self.segment_len:
@@ -388,7 +389,7 @@ class RecurrentMemoryTransformer(RecurrentForecaster):
         outputs = []
         for i in range(num_segments):
             if i > 0:
-                memory = self.cell._pass_memory(memory, i, num_segments)
+                memory = self.cell.pass_memory(memory, i, num_segments)
             write = i < num_segments - 1  # the last segment's memory is never read
             chunk = tokens[:, i * s:(i + 1) * s]
             if self.checkpoint and torch.is_grad_enabled():
