@@ -15,6 +15,7 @@ from .profile import count_flops, count_params, profile
 from .pyramid import PyramidForecaster
 from .registry import (create, describe, list_models, list_presets, preset_config,
                        without_ignored_overrides)
+from .rmt import RecurrentMemoryTransformer, RMTCell, RMTState
 from .rollout import Forecaster, RecurrentForecaster, TrainOutput
 from .stacked import StackedForecaster
 from .stlight import STLight
@@ -25,7 +26,10 @@ __all__ = [
     "Forecaster",
     "PredRNN",
     "PyramidForecaster",
+    "RMTCell",
+    "RMTState",
     "RecurrentForecaster",
+    "RecurrentMemoryTransformer",
     "STLight",
     "StackedForecaster",
     "TrainOutput",

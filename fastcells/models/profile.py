@@ -3,7 +3,11 @@
 FLOPs convention (fvcore's, the one the MS-LSTM paper's tables match): one multiply-add is
 one flop; convolutions and matrix products are counted (the bias add is not), pointwise
 ops (activations, gate products, additions) are not; batch norm, layer norm and bilinear
-upsampling count fvcore's few flops per element. The count covers the whole forward:
+upsampling count fvcore's few flops per element. fvcore has no rule for
+``scaled_dot_product_attention`` (RMT's attention) and would skip it; it is counted here as
+its two matrix products, ``q k^T`` and ``weights v``: ``batch * heads * L * S * (E + Ev)`` for
+queries (..., L, E), keys (..., S, E) and values (..., S, Ev), mask or not (a dense kernel
+computes every product; the softmax is pointwise). The count covers the whole forward:
 for a recurrent model the full rollout of ``T_in + pred_len - 1`` steps, embedding and head
 included. Report it for batch 1, as the papers do.
 
@@ -66,12 +70,25 @@ def count_flops(model: nn.Module, input_shape, pred_len: int | None = None) -> i
     param = next(ref.parameters())
     frames = torch.zeros(input_shape, dtype=param.dtype, device=param.device)
     analysis = FlopCountAnalysis(_Rollout(ref, pred_len), (frames,))
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flops)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     with warnings.catch_warnings(), torch.no_grad():
         # tracing warns about Python-level shape checks and torch.jit's deprecation
         warnings.simplefilter("ignore")
         return int(analysis.total())
+
+
+def sdpa_flops(inputs, outputs) -> int:
+    """fvcore handle of ``aten::scaled_dot_product_attention``: multiply-adds of ``q k^T``
+    and of the weights times ``v`` (see the module's convention)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = 1
+    for size in q[:-2]:
+        batch *= size
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
 def profile(model: nn.Module, input_shape, pred_len: int | None = None) -> dict:

@@ -16,6 +16,10 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
   patch 2, no overlap).
 - ``e_convlstm``: seed 000 gives no sizes; its ``"mmnist"``/``"taxibj"`` presets use the
   MS-LSTM paper's ConvLSTM configuration plus attention and dropout 0.3.
+- ``rmt``: seed 000 gives no sizes either; its presets are small enough to learn on a CPU
+  in minutes: ``"mmnist"`` (1x64x64, 10 -> 10) patch 8 (64 tokens a frame), D 64, 4 blocks
+  of 4 heads, MLP ratio 4, 8 memory tokens, segments of 5 frames, full BPTT;
+  ``"taxibj"`` (2x32x32, 4 -> 4) the same with patch 4 and segments of 2 frames.
 """
 from __future__ import annotations
 
@@ -31,12 +35,16 @@ from .conv_tt import ConvTTNet
 from .e_convlstm import EnhancedConvLSTM
 from .predrnn import PredRNN
 from .pyramid import PyramidForecaster
+from .rmt import RecurrentMemoryTransformer
 from .stacked import StackedForecaster
 from .stlight import STLight
 
 _MMNIST = {"frame_channels": 1, "frame_size": (64, 64), "input_len": 10, "pred_len": 10}
 _TAXIBJ = {"frame_channels": 2, "frame_size": (32, 32), "input_len": 4, "pred_len": 4}
 _MS_DATA = {"mmnist": _MMNIST, "taxibj": _TAXIBJ}
+
+
+_RMT = {"dim": 64, "depth": 4, "heads": 4, "mlp_ratio": 4.0, "memory_size": 8}
 
 
 def _ms_presets(**arch) -> dict:
@@ -103,6 +111,11 @@ _MODELS: dict[str, _Entry] = {
                       {"mmnist": dict(_MMNIST, dim=1400, depth=16, kernel_sizes=(3, 7),
                                       patch_size=2, overlapping=1)},
                       "STLight: patch encoder, STLMixer blocks, pixel-shuffle decoder"),
+    "rmt": _Entry(RecurrentMemoryTransformer, {},
+                  {"mmnist": dict(_MMNIST, patch_size=8, segment_len=5, **_RMT),
+                   "taxibj": dict(_TAXIBJ, patch_size=4, segment_len=2, **_RMT)},
+                  "Recurrent Memory Transformer: patch tokens, memory tokens carried across "
+                  "segments of frames, truncated BPTT (seed 000)"),
 }
 
 
@@ -178,7 +191,7 @@ def create(name: str, preset: str | None = None, **overrides) -> nn.Module:
 # a constructor as torch's own error.
 _SIZES = ("frame_channels", "hidden_size", "num_layers", "kernel_size", "input_len",
           "pred_len", "patch_size", "dim", "depth", "order", "steps", "rank", "skip_stride",
-          "attention_window", "attention_size")
+          "attention_window", "attention_size", "heads", "memory_size", "segment_len")
 _SIZE_TUPLES = ("kernel_sizes", "hidden_channels", "layers_per_block", "frame_size")
 
 

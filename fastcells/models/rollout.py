@@ -130,10 +130,10 @@ class RecurrentForecaster(Forecaster):
     """Base of the recurrent models: subclasses define one step, this class runs the rollout.
 
     ``step(frame, state, need_aux) -> (prediction, state, aux)``: ``frame`` (B, C, H, W) is
-    this step's input, ``state`` None at the first step, ``prediction`` (B, C, H, W) the
-    next frame, ``aux`` a dict of per-step auxiliary loss terms when ``need_aux`` (training;
-    inference skips computing them) and the model has any, else None;
-    ``reduce_aux(list_of_aux)`` turns them into ``TrainOutput.losses``.
+    this step's input, ``state`` ``begin_rollout(num_steps)`` (None) at the first step,
+    ``prediction`` (B, C, H, W) the next frame, ``aux`` a dict of per-step auxiliary loss
+    terms when ``need_aux`` (training; inference skips computing them) and the model has
+    any, else None; ``reduce_aux(list_of_aux)`` turns them into ``TrainOutput.losses``.
     """
 
     def step(self, frame: Tensor, state, need_aux: bool = False):
@@ -141,6 +141,11 @@ class RecurrentForecaster(Forecaster):
 
     def reduce_aux(self, aux: list) -> dict:
         return {}
+
+    def begin_rollout(self, num_steps: int):
+        """The state step 0 receives: None, unless a model's steps depend on how many steps
+        the rollout runs (RMT's truncated BPTT counts segments back from the last one)."""
+        return None
 
     def forward(self, frames: Tensor, pred_len: int | None = None) -> Tensor:
         """frames (B, T_in, C, H, W) -> the next ``pred_len`` frames (B, N, C, H, W)."""
@@ -174,7 +179,7 @@ class RecurrentForecaster(Forecaster):
 
     def _rollout(self, first: Tensor, num_steps: int, pick, need_aux: bool):
         """The loop: step 0 reads ``first``, step t >= 1 reads ``pick(t, prediction)``."""
-        state, outputs, aux = None, [], []
+        state, outputs, aux = self.begin_rollout(num_steps), [], []
         x = first
         for t in range(num_steps):
             if t > 0:
