@@ -16,6 +16,13 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
   patch 2, no overlap).
 - ``e_convlstm``: seed 000 gives no sizes; its ``"mmnist"``/``"taxibj"`` presets use the
   MS-LSTM paper's ConvLSTM configuration plus attention and dropout 0.3.
+- ``vdt``: ``"mmnist"`` is ours, small enough to train on a CPU (1x64x64, 10 -> 10 in one
+  20-frame clip, patch 4, width 128, depth 4, 4 heads, fixed variance, DDIM 50 steps);
+  ``"vdt_s2"``/``"vdt_l2"`` are the published VDT-S/2 (depth 12, width 384, 6 heads) and
+  VDT-L/2 (depth 28, width 1152, 16 heads) with patch 2 and learned variance, on seed 002's
+  Cityscapes setting (3x128x128, 8 given + 8 predicted frames): as published, pass
+  ``autoencoder=`` (an f8 VAE with 4 latent channels: the network then reads 4x16x16
+  latents); without one they run in pixel space.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from .predrnn import PredRNN
 from .pyramid import PyramidForecaster
 from .stacked import StackedForecaster
 from .stlight import STLight
+from .vdt import VDT
 
 _MMNIST = {"frame_channels": 1, "frame_size": (64, 64), "input_len": 10, "pred_len": 10}
 _TAXIBJ = {"frame_channels": 2, "frame_size": (32, 32), "input_len": 4, "pred_len": 4}
@@ -56,6 +64,10 @@ def _ctt_presets() -> dict:
                     output_sigmoid=True, **_CTT),
     }
 
+
+# VDT's published sizes on seed 002's Cityscapes setting (16-frame clips of 128x128 frames)
+_VDT_CITYSCAPES = {"frame_channels": 3, "frame_size": (128, 128), "input_len": 8,
+                   "pred_len": 8, "patch_size": 2, "learn_sigma": True}
 
 # Constructor arguments that the model's fixed cell never reads (the constructors are shared
 # between cell types): overriding them would change nothing, so ``create`` refuses them.
@@ -103,6 +115,11 @@ _MODELS: dict[str, _Entry] = {
                       {"mmnist": dict(_MMNIST, dim=1400, depth=16, kernel_sizes=(3, 7),
                                       patch_size=2, overlapping=1)},
                       "STLight: patch encoder, STLMixer blocks, pixel-shuffle decoder"),
+    "vdt": _Entry(VDT, {}, {
+        "mmnist": dict(_MMNIST, patch_size=4, hidden_size=128, depth=4, num_heads=4),
+        "vdt_s2": dict(_VDT_CITYSCAPES, hidden_size=384, depth=12, num_heads=6),
+        "vdt_l2": dict(_VDT_CITYSCAPES, hidden_size=1152, depth=28, num_heads=16)},
+        "VDT: video diffusion transformer, mask modelling, DDPM/DDIM sampling (seed 002)"),
 }
 
 
@@ -178,7 +195,8 @@ def create(name: str, preset: str | None = None, **overrides) -> nn.Module:
 # a constructor as torch's own error.
 _SIZES = ("frame_channels", "hidden_size", "num_layers", "kernel_size", "input_len",
           "pred_len", "patch_size", "dim", "depth", "order", "steps", "rank", "skip_stride",
-          "attention_window", "attention_size")
+          "attention_window", "attention_size", "num_frames", "num_heads", "diffusion_steps",
+          "sample_steps")
 _SIZE_TUPLES = ("kernel_sizes", "hidden_channels", "layers_per_block", "frame_size")
 
 
