@@ -17,7 +17,7 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
 - ``e_convlstm``: seed 000 gives no sizes; its ``"mmnist"``/``"taxibj"`` presets use the
   MS-LSTM paper's ConvLSTM configuration plus attention and dropout 0.3.
 - ``vdt``: ``"mmnist"`` is ours, small enough to train on a CPU (1x64x64, 10 -> 10 in one
-  20-frame clip, patch 4, width 128, depth 4, 4 heads, fixed variance, DDIM 50 steps);
+  20-frame clip, patch 8, width 96, depth 4, 4 heads, fixed variance, DDIM 50 steps);
   ``"vdt_s2"``/``"vdt_l2"`` are the published VDT-S/2 (depth 12, width 384, 6 heads) and
   VDT-L/2 (depth 28, width 1152, 16 heads) with patch 2 and learned variance, on seed 002's
   Cityscapes setting (3x128x128, 8 given + 8 predicted frames): as published, pass
@@ -116,7 +116,7 @@ _MODELS: dict[str, _Entry] = {
                                       patch_size=2, overlapping=1)},
                       "STLight: patch encoder, STLMixer blocks, pixel-shuffle decoder"),
     "vdt": _Entry(VDT, {}, {
-        "mmnist": dict(_MMNIST, patch_size=4, hidden_size=128, depth=4, num_heads=4),
+        "mmnist": dict(_MMNIST, patch_size=8, hidden_size=96, depth=4, num_heads=4),
         "vdt_s2": dict(_VDT_CITYSCAPES, hidden_size=384, depth=12, num_heads=6),
         "vdt_l2": dict(_VDT_CITYSCAPES, hidden_size=1152, depth=28, num_heads=16)},
         "VDT: video diffusion transformer, mask modelling, DDPM/DDIM sampling (seed 002)"),
