@@ -13,7 +13,7 @@ from .models_helpers import CHANNELS, TINY, one_thread, tiny  # noqa: F401 (fixt
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ALL = ["convlstm", "predrnn", "predrnn_v2", "sms_lstm", "tms_lstm", "ms_lstm", "conv_tt_lstm",
-       "conv_tt_lstm_baseline", "e_convlstm", "stlight", "rmt"]
+       "conv_tt_lstm_baseline", "e_convlstm", "stlight", "rmt", "vdt"]
 
 
 def test_list_models_and_presets():

@@ -7,7 +7,7 @@ Frames are (B, T, C, H, W): ``model(frames, pred_len=N)`` predicts the next N fr
 sampling (:mod:`.rollout`, :mod:`.sampling`), ``model.training_loss(frames, mask)`` is the
 model's objective, and :func:`profile` reports parameters, FLOPs and peak CUDA memory.
 """
-from . import sampling
+from . import diffusion, sampling
 from .conv_tt import ConvTTNet
 from .e_convlstm import EnhancedConvLSTM, temporal_consistency_loss
 from .predrnn import PredRNN, decoupling_term, reshape_patch, reshape_patch_back
@@ -19,6 +19,7 @@ from .rmt import RecurrentMemoryTransformer, RMTCell, RMTState
 from .rollout import Forecaster, RecurrentForecaster, TrainOutput
 from .stacked import StackedForecaster
 from .stlight import STLight
+from .vdt import VDT
 
 __all__ = [
     "ConvTTNet",
@@ -33,11 +34,13 @@ __all__ = [
     "STLight",
     "StackedForecaster",
     "TrainOutput",
+    "VDT",
     "count_flops",
     "count_params",
     "create",
     "decoupling_term",
     "describe",
+    "diffusion",
     "list_models",
     "list_presets",
     "preset_config", "without_ignored_overrides",

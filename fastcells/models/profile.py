@@ -3,13 +3,12 @@
 FLOPs convention (fvcore's, the one the MS-LSTM paper's tables match): one multiply-add is
 one flop; convolutions and matrix products are counted (the bias add is not), pointwise
 ops (activations, gate products, additions) are not; batch norm, layer norm and bilinear
-upsampling count fvcore's few flops per element. fvcore has no rule for
-``scaled_dot_product_attention`` (RMT's attention) and would skip it; it is counted here as
-its two matrix products, ``q k^T`` and ``weights v``: ``batch * heads * L * S * (E + Ev)`` for
-queries (..., L, E), keys (..., S, E) and values (..., S, Ev), mask or not (a dense kernel
-computes every product; the softmax is pointwise). The count covers the whole forward:
-for a recurrent model the full rollout of ``T_in + pred_len - 1`` steps, embedding and head
-included. Report it for batch 1, as the papers do.
+upsampling count fvcore's few flops per element; ``scaled_dot_product_attention`` counts
+as its two matrix products. The count covers the whole forward: for a recurrent model the
+full rollout of ``T_in + pred_len - 1`` steps, embedding and head included. A model with a
+``flop_target(input_shape, pred_len) -> (module, inputs)`` method (a diffusion model, whose
+forward repeats one network evaluation per sampling step) is counted on that instead: for
+VDT, one denoising step. Report it for batch 1, as the papers do.
 
 The fused backends run their gate math as ``torch.library`` custom ops, which fvcore
 cannot see inside and does not count; their convolutions are the same as the reference
@@ -67,10 +66,16 @@ def count_flops(model: nn.Module, input_shape, pred_len: int | None = None) -> i
     input_shape = _check_shape(input_shape)
     pred_len = getattr(model, "pred_len", 1) if pred_len is None else pred_len
     ref = reference_copy(model).eval()
-    param = next(ref.parameters())
-    frames = torch.zeros(input_shape, dtype=param.dtype, device=param.device)
-    analysis = FlopCountAnalysis(_Rollout(ref, pred_len), (frames,))
-    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flops)
+    if hasattr(ref, "flop_target"):
+        # a model whose forward is a loop of network evaluations (a diffusion sampler) names
+        # the one evaluation its FLOPs are reported for
+        module, inputs = ref.flop_target(input_shape, pred_len)
+    else:
+        param = next(ref.parameters())
+        frames = torch.zeros(input_shape, dtype=param.dtype, device=param.device)
+        module, inputs = _Rollout(ref, pred_len), (frames,)
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     with warnings.catch_warnings(), torch.no_grad():
@@ -79,16 +84,19 @@ def count_flops(model: nn.Module, input_shape, pred_len: int | None = None) -> i
         return int(analysis.total())
 
 
-def sdpa_flops(inputs, outputs) -> int:
-    """fvcore handle of ``aten::scaled_dot_product_attention``: multiply-adds of ``q k^T``
-    and of the weights times ``v`` (see the module's convention)."""
+def _sdpa_flops(inputs, outputs) -> int:
+    """F.scaled_dot_product_attention as the two matrix products it replaces, q k^T and
+    weights @ v: (B..., Lq, E) x (B..., Lk, E) and (B..., Lq, Lk) x (B..., Lk, Ev), counted
+    like fvcore's matmul (softmax and scaling are pointwise, not counted)."""
     from fvcore.nn.jit_handles import get_shape
 
     q, k, v = (get_shape(x) for x in inputs[:3])
     batch = 1
     for size in q[:-2]:
         batch *= size
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+    lq, e = q[-2], q[-1]
+    lk, ev = k[-2], v[-1]
+    return batch * lq * lk * (e + ev)
 
 
 def profile(model: nn.Module, input_shape, pred_len: int | None = None) -> dict:

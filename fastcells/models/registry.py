@@ -20,6 +20,13 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
   in minutes: ``"mmnist"`` (1x64x64, 10 -> 10) patch 8 (64 tokens a frame), D 64, 4 blocks
   of 4 heads, MLP ratio 4, 8 memory tokens, segments of 5 frames, full BPTT;
   ``"taxibj"`` (2x32x32, 4 -> 4) the same with patch 4 and segments of 2 frames.
+- ``vdt``: ``"mmnist"`` is ours, small enough to train on a CPU (1x64x64, 10 -> 10 in one
+  20-frame clip, patch 8, width 96, depth 4, 4 heads, fixed variance, DDIM 50 steps);
+  ``"vdt_s2"``/``"vdt_l2"`` are the published VDT-S/2 (depth 12, width 384, 6 heads) and
+  VDT-L/2 (depth 28, width 1152, 16 heads) with patch 2 and learned variance, on seed 002's
+  Cityscapes setting (3x128x128, 8 given + 8 predicted frames): as published, pass
+  ``autoencoder=`` (an f8 VAE with 4 latent channels: the network then reads 4x16x16
+  latents); without one they run in pixel space.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from .pyramid import PyramidForecaster
 from .rmt import RecurrentMemoryTransformer
 from .stacked import StackedForecaster
 from .stlight import STLight
+from .vdt import VDT
 
 _MMNIST = {"frame_channels": 1, "frame_size": (64, 64), "input_len": 10, "pred_len": 10}
 _TAXIBJ = {"frame_channels": 2, "frame_size": (32, 32), "input_len": 4, "pred_len": 4}
@@ -64,6 +72,10 @@ def _ctt_presets() -> dict:
                     output_sigmoid=True, **_CTT),
     }
 
+
+# VDT's published sizes on seed 002's Cityscapes setting (16-frame clips of 128x128 frames)
+_VDT_CITYSCAPES = {"frame_channels": 3, "frame_size": (128, 128), "input_len": 8,
+                   "pred_len": 8, "patch_size": 2, "learn_sigma": True}
 
 # Constructor arguments that the model's fixed cell never reads (the constructors are shared
 # between cell types): overriding them would change nothing, so ``create`` refuses them.
@@ -116,6 +128,11 @@ _MODELS: dict[str, _Entry] = {
                    "taxibj": dict(_TAXIBJ, patch_size=4, segment_len=2, **_RMT)},
                   "Recurrent Memory Transformer: patch tokens, memory tokens carried across "
                   "segments of frames, truncated BPTT (seed 000)"),
+    "vdt": _Entry(VDT, {}, {
+        "mmnist": dict(_MMNIST, patch_size=8, hidden_size=96, depth=4, num_heads=4),
+        "vdt_s2": dict(_VDT_CITYSCAPES, hidden_size=384, depth=12, num_heads=6),
+        "vdt_l2": dict(_VDT_CITYSCAPES, hidden_size=1152, depth=28, num_heads=16)},
+        "VDT: video diffusion transformer, mask modelling, DDPM/DDIM sampling (seed 002)"),
 }
 
 
@@ -191,7 +208,8 @@ def create(name: str, preset: str | None = None, **overrides) -> nn.Module:
 # a constructor as torch's own error.
 _SIZES = ("frame_channels", "hidden_size", "num_layers", "kernel_size", "input_len",
           "pred_len", "patch_size", "dim", "depth", "order", "steps", "rank", "skip_stride",
-          "attention_window", "attention_size", "heads", "memory_size", "segment_len")
+          "attention_window", "attention_size", "heads", "memory_size", "segment_len",
+          "num_frames", "num_heads", "diffusion_steps", "sample_steps")
 _SIZE_TUPLES = ("kernel_sizes", "hidden_channels", "layers_per_block", "frame_size")
 
 
