@@ -57,11 +57,23 @@ def _run_op(fn, args, weights=None, cast=None):
     return out, torch.autograd.grad(out, _leaves(leaves), [w.to(o) for w, o in zip(weights, out)])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", list(OPS))
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "channel_slice", "strided",
-                                    "transposed"])
-@pytest.mark.parametrize("shape", [(2, 9, 11), (1, 7, 5), (3, 1, 13)])
+LAYOUTS = ["contiguous", "channels_last", "channel_slice", "strided", "transposed"]
+SHAPES = [(2, 9, 11), (1, 7, 5), (3, 1, 13)]
+
+
+def _op_matrix():
+    """C++: every layout at every shape. Triton (~30 ms per interpreted launch): every layout
+    at the first shape, every shape contiguous (CI time, tests/test_mim.py's budget)."""
+    out = [(b, n, lay, sh) for b in BACKENDS[:1] for n in OPS for lay in LAYOUTS
+           for sh in SHAPES]
+    out += [(BACKENDS[1], n, lay, SHAPES[0]) for n in OPS for lay in LAYOUTS]
+    out += [(BACKENDS[1], n, "contiguous", sh) for n in OPS for sh in SHAPES[1:]]
+    return [pytest.param(n, lay, sh, b.values[0], marks=b.marks,
+                         id=f"{b.values[0]}-{n}-{lay}-{'x'.join(map(str, sh))}")
+            for b, n, lay, sh in out]
+
+
+@pytest.mark.parametrize("name,layout,shape,backend", _op_matrix())
 def test_op_matches_reference(name, layout, shape, backend):
     ref, fused = _fns(name, backend)
     args = op_inputs(name, *shape, torch.float32, layout)
@@ -123,8 +135,8 @@ def test_op_float64_matches_reference_exactly(name, backend):
 
 
 @requires_triton
-@pytest.mark.parametrize("name", list(OPS))
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name,layout", [(n, "contiguous") for n in OPS]
+                         + [("mim_block", "channels_last"), ("mims", "channels_last")])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_half_precision_error_within_twice_eager(name, layout, dtype):
     ref, fused = _fns(name, "triton")
@@ -227,11 +239,11 @@ def _layout(t, layout):
     return t
 
 
-def step_inputs(cell, b, h, w, dtype, layout="contiguous", steps=3, device="cpu"):
+def step_inputs(cell, b, h, w, dtype, layout="contiguous", steps=3, on="cpu"):
     """Per-step inputs (leaves) and an initial state: MIMBlock gets diff_h None at the first
     step, MIMNCell gets x None at the second step (no input terms)."""
     def leaf(k):
-        t = torch.randn(b, k, h, w, dtype=torch.float64).to(dtype=dtype, device=device)
+        t = torch.randn(b, k, h, w, dtype=torch.float64).to(dtype=dtype, device=on)
         return _layout(t, layout).requires_grad_()
 
     state = tuple(leaf(cell.hidden_size) for _ in cell.state_names)
@@ -274,18 +286,37 @@ def _compare_cells(ref, other, inputs, state, rtol):
             assert_close(a, e, rtol, f"grad {n}")
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
-@pytest.mark.parametrize("b,h,w", [(2, 9, 11), (1, 7, 5), (2, 1, 6)])
-def test_cell_matches_reference(variant, config, layout, b, h, w):
+CELL_LAYOUTS = ["contiguous", "channels_last", "noncontiguous"]
+CELL_SHAPES = [(2, 9, 11), (1, 7, 5), (2, 1, 6)]
+# The matrix runs on one cell of each kind with the options that reach the most code
+# (MIMNCell: x=None at step 2; MIMBlock: LayerNorm, bias, kernel 5); the other two configs
+# run in the float64 and state_dict tests. Triton (interpreted, ~30 ms a launch and 18
+# launches a MIMBlock step) runs every layout at the first shape and memory_efficient
+# contiguous only, over 2 steps, to keep CI within its budget.
+MATRIX_CONFIGS = ["mimn", "mimblock_ln_bias_k5"]
+
+
+def _cell_matrix():
+    out = []
+    for config in MATRIX_CONFIGS:
+        for variant in ("cpp", "cpp_memeff", "reference_memeff"):
+            out += [(variant, config, lay, sh, 3) for lay in CELL_LAYOUTS for sh in CELL_SHAPES]
+        out += [("triton", config, lay, CELL_SHAPES[0], 2) for lay in CELL_LAYOUTS]
+        out += [("triton", config, "contiguous", sh, 2) for sh in CELL_SHAPES[1:]]
+        out += [("triton_memeff", config, "contiguous", CELL_SHAPES[0], 2)]
+    return [pytest.param(v, c, lay, *sh, steps, id=f"{v}-{c}-{lay}-{'x'.join(map(str, sh))}")
+            for v, c, lay, sh, steps in out]
+
+
+@pytest.mark.parametrize("variant,config,layout,b,h,w,steps", _cell_matrix())
+def test_cell_matches_reference(variant, config, layout, b, h, w, steps):
     backend, extra = VARIANTS[variant]
     if backend == "cpp" and not _ext.cpp_available():
         pytest.skip("C++ extension not built")
     if backend == "triton" and not (_ext.triton_available() and _ext.triton_interpreted()):
         pytest.skip("triton not installed, or not in interpreter mode (FASTCELLS_GPU_TESTS=1)")
     ref, other = make_mim_cells(config, [("reference", {}), (backend, extra)], (h, w))
-    inputs, state = step_inputs(ref, b, h, w, torch.float32, layout)
+    inputs, state = step_inputs(ref, b, h, w, torch.float32, layout, steps=steps)
     _compare_cells(ref, other, inputs, state, RTOL[torch.float32])
 
 
@@ -443,3 +474,96 @@ def test_fullgraph_aot_eager(config, memory_efficient, backend):
         assert (a is None) == (e is None)
         if e is not None:
             assert_close(a, e, RTOL[torch.float32])
+
+
+# ============================================================================ CUDA C++
+# The "cuda" backend on the host emulation of its kernels (tests/test_cuda_backend.py builds
+# it and registers its CPU kernels on the *_cuda ops), or on a GPU when there is one.
+from .test_cuda_backend import _planes as _cuda_planes  # noqa: E402
+# (the tests' `device` argument is this fixture: noqa F811 on their def lines)
+from .test_cuda_backend import device, emulation  # noqa: E402,F401
+
+CUDA_LAYOUTS = ["contiguous", "channels_last", "channel_slice", "channels_last_slice",
+                "strided", "transposed", "mixed"]
+
+
+def _cuda_check(name, args, dtype):
+    """The CUDA op against the eager reference (float32/64: RTOL; 16-bit: no worse than twice
+    eager's error, both against float64), outputs and input gradients."""
+    op = OPS[name][0]
+    ref, cuda = getattr(ops, f"{op}_ref"), getattr(ops, f"{op}_cuda")
+    out64, _ = _run_op(ref, args, cast=torch.float64)
+    weights = [torch.randn(o.shape, dtype=torch.float64).to(o.device) for o in out64]
+    truth = _run_op(ref, args, weights, cast=torch.float64)
+    kernel, eager = _run_op(cuda, args, weights), _run_op(ref, args, weights)
+    for kind in range(2):
+        for i, (k, e, t) in enumerate(zip(kernel[kind], eager[kind], truth[kind])):
+            label = f"{name} {('output', 'grad')[kind]} {i}"
+            assert k.dtype == dtype, label
+            if dtype in RTOL:
+                assert_close(k, e, RTOL[dtype], label)
+            else:
+                assert torch.isfinite(k).all(), label
+                assert rel_error(k, t) <= 2 * rel_error(e, t), label
+
+
+def _cuda_inputs(name, b, h, w, dtype, on, layout):
+    return op_inputs(name, b, h, w, dtype, layout, planes=lambda k, i: _cuda_planes(
+        b, k, h, w, dtype, on, layout, i))
+
+
+@pytest.mark.parametrize("layout", CUDA_LAYOUTS)
+@pytest.mark.parametrize("name", list(OPS))
+def test_cuda_op_layouts(device, name, layout):  # noqa: F811
+    _cuda_check(name, _cuda_inputs(name, 2, 9, 11, torch.float32, device, layout),
+                torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 5), (3, 1, 13), (2, 6, 1), (1, 1, 1), (2, 23, 25)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", list(OPS))
+def test_cuda_op_shapes(device, name, shape):  # noqa: F811
+    _cuda_check(name, _cuda_inputs(name, *shape, torch.float32, device, "channels_last"),
+                torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("name", list(OPS))
+def test_cuda_op_dtypes(device, name, dtype):  # noqa: F811
+    _cuda_check(name, _cuda_inputs(name, 2, 6, 7, dtype, device, "channels_last_slice"), dtype)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_cuda_op_gradcheck_float64(device, name):  # noqa: F811
+    args = [a.requires_grad_() if a is not None else None
+            for a in _cuda_inputs(name, 2, 3, 4, torch.float64, device, "contiguous")]
+    present = [i for i, a in enumerate(args) if a is not None]
+    fused = getattr(ops, f"{OPS[name][0]}_cuda")
+
+    def fn(*ts):
+        full = list(args)
+        for i, t in zip(present, ts):
+            full[i] = t
+        return tuple(flat_outputs(fused(*full)))
+
+    assert torch.autograd.gradcheck(fn, [args[i] for i in present])
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_cuda_opcheck(device, i):  # noqa: F811
+    op, args = op_samples("_cuda")[i]
+    torch.library.opcheck(op, [a.to(device) if isinstance(a, torch.Tensor) else a for a in args])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("variant", ["default", "memeff"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("config", MATRIX_CONFIGS)
+def test_cuda_cell_matches_reference(device, config, layout, variant, dtype):  # noqa: F811
+    extra = {"memory_efficient": True} if variant == "memeff" else {}
+    ref, cell = make_mim_cells(config, [("reference", {}), ("cuda", extra)], (7, 6),
+                               dtype=dtype)
+    ref, cell = ref.to(device), cell.to(device)
+    inputs, state = step_inputs(ref, 2, 7, 6, dtype, layout, on=device)
+    rtol = 1e-3 if device == "cuda" and dtype == torch.float32 else RTOL[dtype]
+    _compare_cells(ref, cell, inputs, state, rtol)
