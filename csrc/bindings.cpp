@@ -15,6 +15,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mklstm_gates_backward", &fastcells::mklstm_gates_backward);
   m.def("output_gate_forward", &fastcells::output_gate_forward);
   m.def("output_gate_backward", &fastcells::output_gate_backward);
+  m.def("mims_gates_forward", &fastcells::mims_gates_forward);
+  m.def("mims_gates_backward", &fastcells::mims_gates_backward);
+  m.def("mim_block_gates_forward", &fastcells::mim_block_gates_forward);
+  m.def("mim_block_gates_backward", &fastcells::mim_block_gates_backward);
   m.def(
       "set_poison_outputs", [](bool on) { fastcells::poison_outputs() = on; },
       "Test hook: NaN-fill kernel outputs before the kernels write them.");

@@ -35,4 +35,20 @@ std::vector<at::Tensor> output_gate_forward(const at::Tensor& o_partial, const a
                                             const at::Tensor& zl);
 std::vector<at::Tensor> output_gate_backward(const at::Tensor& grad_h, const at::Tensor& acts);
 
+std::vector<at::Tensor> mims_gates_forward(const at::Tensor& zh,
+                                           const c10::optional<at::Tensor>& zx,
+                                           const at::Tensor& c_prev, const at::Tensor& ct_weight,
+                                           const at::Tensor& oc_weight);
+std::vector<at::Tensor> mims_gates_backward(const at::Tensor& grad_h, const at::Tensor& grad_c,
+                                            const at::Tensor& acts, const at::Tensor& c_prev,
+                                            const at::Tensor& c, const at::Tensor& ct_weight,
+                                            const at::Tensor& oc_weight);
+std::vector<at::Tensor> mim_block_gates_forward(const at::Tensor& zx, const at::Tensor& zt,
+                                                const at::Tensor& zs, const at::Tensor& m_prev,
+                                                const at::Tensor& n_h);
+std::vector<at::Tensor> mim_block_gates_backward(const at::Tensor& grad_cm,
+                                                 const at::Tensor& grad_o_partial,
+                                                 const at::Tensor& acts,
+                                                 const at::Tensor& m_prev);
+
 }  // namespace fastcells

@@ -1,7 +1,8 @@
 """fastcells: fused kernels for convolutional recurrent cells.
 
 Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRNN),
-:class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM).
+:class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM), :class:`MIMBlock`
+and :class:`MIMNCell` (MIM).
 Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
 :class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
@@ -9,7 +10,8 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model zoo built on them.
 """
 from .backends import available_backends
-from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
+from .cells import (ConvLSTMCell, ConvTTLSTMCell, MIMBlock, MIMNCell, MKLSTMCell,
+                    SpatioTemporalLSTMCell)
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
@@ -18,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
+    "MIMNCell", "MIMBlock",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",
 ]

@@ -46,6 +46,7 @@ AUTO_PREFERENCE = {
     "stlstm": ("cuda", "triton"),
     "mklstm": ("cuda", "triton"),
     "convttlstm": ("triton", "cuda"),
+    "mim": ("cuda", "triton"),
 }
 _warned_missing_cpp = False
 

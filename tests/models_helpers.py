@@ -27,6 +27,10 @@ TINY = {
                               (13, 11)),
     "e_convlstm": ("e_convlstm", {"hidden_size": 4, "num_layers": 2, "attention_window": 3,
                                       "attention_size": 3}, (13, 11)),
+    "mim": ("mim", {"hidden_size": 4, "num_layers": 3, "kernel_size": 3, "frame_size": (13, 11)},
+            (13, 11)),
+    "mim_patch": ("mim", {"hidden_size": 4, "num_layers": 2, "kernel_size": 3, "patch_size": 2,
+                          "layer_norm": True, "frame_size": (10, 8)}, (10, 8)),
     "stlight": ("stlight", {"dim": 8, "depth": 3, "patch_size": 2, "input_len": 3, "pred_len": 2},
                 (10, 8)),
 }

@@ -26,7 +26,7 @@ import torch
 
 import fastcells as fc
 from fastcells import _ext, backends, ops
-from fastcells.ops import convlstm_gates, dual_memory_gates, output_gate
+from fastcells.ops import convlstm_gates, dual_memory_gates, mim_gates, output_gate
 
 from .conftest import GPU_TESTS
 from .helpers import CELL_CONFIGS, RTOL, assert_close, flat_outputs, make_cells, rel_error
@@ -100,6 +100,10 @@ _CUDA_OPS = [
     (dual_memory_gates._mklstm_cuda_backward_op, dual_memory_gates._mklstm_cuda_backward_impl),
     (output_gate._cuda_forward_op, output_gate._cuda_forward_impl),
     (output_gate._cuda_backward_op, output_gate._cuda_backward_impl),
+    (mim_gates._mims_cuda_op, mim_gates._mims_cuda_impl),
+    (mim_gates._mims_cuda_backward_op, mim_gates._mims_cuda_backward_impl),
+    (mim_gates._block_cuda_op, mim_gates._block_cuda_impl),
+    (mim_gates._block_cuda_backward_op, mim_gates._block_cuda_backward_impl),
 ]
 
 
@@ -592,7 +596,8 @@ def test_cuda_sources_exist():
 
 
 # Kernels per .cu: each op and dtype, the peephole reduction of the ConvLSTM backward too.
-KERNELS = {"convlstm_gates.cu": 3 * 4, "dual_memory_gates.cu": 4 * 4, "output_gate.cu": 2 * 4}
+KERNELS = {"convlstm_gates.cu": 3 * 4, "dual_memory_gates.cu": 4 * 4, "output_gate.cu": 2 * 4,
+           "mim_gates.cu": 4 * 4}
 
 
 @requires_nvcc
@@ -629,8 +634,8 @@ def test_bindings_compile_and_every_launcher_is_instantiated(compiled):
 
     needed = symbols("bindings.o", "--undefined-only")
     defined = set().union(*(symbols(n + ".o", "--defined-only") for n in CU_FILES))
-    # 8 elementwise ops and 1 reduction, 4 dtypes each.
-    assert len(needed) == 36, sorted(needed)
+    # 12 elementwise ops (8, and MIM's 4) and 1 reduction, 4 dtypes each.
+    assert len(needed) == 52, sorted(needed)
     assert needed <= defined, f"launchers never instantiated: {sorted(needed - defined)}"
 
 

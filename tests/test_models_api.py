@@ -13,7 +13,7 @@ from .models_helpers import CHANNELS, TINY, one_thread, tiny  # noqa: F401 (fixt
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ALL = ["convlstm", "predrnn", "predrnn_v2", "sms_lstm", "tms_lstm", "ms_lstm", "conv_tt_lstm",
-       "conv_tt_lstm_baseline", "e_convlstm", "stlight", "rmt", "vdt"]
+       "conv_tt_lstm_baseline", "e_convlstm", "mim", "stlight", "rmt", "vdt"]
 
 
 def test_list_models_and_presets():
@@ -39,6 +39,7 @@ PRESET_SHAPES = [
     ("conv_tt_lstm_baseline", "kth", {"hidden_channels": (2, 3, 3, 2)}),
     ("e_convlstm", "taxibj", {"hidden_size": 4, "num_layers": 2}),
     ("stlight", "mmnist", {"dim": 16, "depth": 3}),
+    ("mim", "taxibj", {"hidden_size": 4, "num_layers": 2}),
 ]
 
 

@@ -58,7 +58,7 @@ def test_fused_model_matches_reference(key):
 
 
 @requires_cpp
-@pytest.mark.parametrize("key", ["convlstm", "predrnn_v2", "ms_lstm", "conv_tt_lstm"])
+@pytest.mark.parametrize("key", ["convlstm", "predrnn_v2", "ms_lstm", "conv_tt_lstm", "mim"])
 def test_memory_efficient_model_matches_reference(key):
     ref, size = tiny(key, backend="reference")
     memeff, _ = tiny(key, backend="cpp", randomized=False, memory_efficient=True)

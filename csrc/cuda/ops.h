@@ -410,6 +410,14 @@ std::vector<at::Tensor> output_gate_backward(const at::Tensor& grad_h, const at:
   return {grad_o, grad_l};
 }
 
+}  // namespace cuda
+}  // namespace fastcells
+
+#include "mim_ops.h"  // MIM's ops, written with the helpers above
+
+namespace fastcells {
+namespace cuda {
+
 // ----------------------------------------------------------------------------- module
 template <class Runner>
 void define_ops(pybind11::module& m) {
@@ -421,6 +429,7 @@ void define_ops(pybind11::module& m) {
   m.def("mklstm_gates_backward", &mklstm_gates_backward<Runner>);
   m.def("output_gate_forward", &output_gate_forward<Runner>);
   m.def("output_gate_backward", &output_gate_backward<Runner>);
+  define_mim_ops<Runner>(m);
   m.def(
       "set_poison_outputs", [](bool on) { poison_outputs() = on; },
       "Test hook: NaN-fill kernel outputs before the kernels write them.");

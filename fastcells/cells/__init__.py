@@ -1,6 +1,8 @@
 from .convlstm import ConvLSTMCell
 from .convttlstm import ConvTTLSTMCell
+from .mim import MIMBlock, MIMNCell
 from .mklstm import MKLSTMCell
 from .stlstm import SpatioTemporalLSTMCell
 
-__all__ = ["ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell"]
+__all__ = ["ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
+           "MIMNCell", "MIMBlock"]

@@ -82,15 +82,17 @@ class CellBase(nn.Module):
              **options):
         """One step without input checks (the sequence layers check once per sequence).
 
-        ``memory_efficient`` overrides the module's setting for this call."""
-        if torch.is_autocast_enabled(x.device.type):
+        ``memory_efficient`` overrides the module's setting for this call. ``x`` may be None
+        for a cell whose step allows no input (MIMNCell); the state then sets device/dtype."""
+        like = x if x is not None else state[0]
+        if torch.is_autocast_enabled(like.device.type):
             # Like autocast's float32 ops (layer_norm, softmax, ...): the step runs in the
             # parameters' dtype with its inputs cast to it, and returns that dtype.
             dtype = self._any_param().dtype
-            with torch.autocast(x.device.type, enabled=False):
+            with torch.autocast(like.device.type, enabled=False):
                 return self._run(_cast(x, dtype), _cast(state, dtype), _cast(zx, dtype),
                                  memory_efficient, **options)
-        backend = self._backend_for(x)
+        backend = self._backend_for(like)
         params = self._params()
         if memory_efficient is None:
             memory_efficient = self.memory_efficient

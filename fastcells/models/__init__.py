@@ -10,6 +10,7 @@ model's objective, and :func:`profile` reports parameters, FLOPs and peak CUDA m
 from . import diffusion, sampling
 from .conv_tt import ConvTTNet
 from .e_convlstm import EnhancedConvLSTM, temporal_consistency_loss
+from .mim import MIM
 from .predrnn import PredRNN, decoupling_term, reshape_patch, reshape_patch_back
 from .profile import count_flops, count_params, profile
 from .pyramid import PyramidForecaster
@@ -25,6 +26,7 @@ __all__ = [
     "ConvTTNet",
     "EnhancedConvLSTM",
     "Forecaster",
+    "MIM",
     "PredRNN",
     "PyramidForecaster",
     "RMTCell",

@@ -14,6 +14,9 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
   has the 2.69M that Table 4 prints, so the preset uses 3.)
 - ``stlight``: ``"mmnist"``, STLight-L of seed 003 (dim 1400, depth 16, kernels 3 and 7,
   patch 2, no overlap).
+- ``mim``: ``"mmnist"``/``"taxibj"`` as PredRNN's MS-LSTM-paper presets; ``"openstl_mmnist"``
+  is OpenSTL's Moving MNIST setting (4 layers of 128, kernel 5, patch 4, 10 -> 10, with the
+  diff modules' unused ``conv_last``): 38.0M parameters and 179.2 GFLOPs, as its table.
 - ``e_convlstm``: seed 000 gives no sizes; its ``"mmnist"``/``"taxibj"`` presets use the
   MS-LSTM paper's ConvLSTM configuration plus attention and dropout 0.3.
 - ``rmt``: seed 000 gives no sizes either; its presets are small enough to learn on a CPU
@@ -40,6 +43,7 @@ from .._checks import check_int
 
 from .conv_tt import ConvTTNet
 from .e_convlstm import EnhancedConvLSTM
+from .mim import MIM
 from .predrnn import PredRNN
 from .pyramid import PyramidForecaster
 from .rmt import RecurrentMemoryTransformer
@@ -119,6 +123,13 @@ _MODELS: dict[str, _Entry] = {
                                     "the Conv-TT-LSTM network with ConvLSTM cells"),
     "e_convlstm": _Entry(EnhancedConvLSTM, {}, _ms_presets(kernel_size=3),
                          "Enhanced ConvLSTM: temporal attention + dropout (seed 000)"),
+    "mim": _Entry(MIM, {},
+                  {**_ms_presets(kernel_size=3, embed=True),
+                   # OpenSTL's Moving MNIST configuration (its configs/mmnist/MIM.py and
+                   # benchmark table: 38.0M parameters, 179.2 GFLOPs)
+                   "openstl_mmnist": dict(_MMNIST, hidden_size=128, num_layers=4,
+                                          kernel_size=5, patch_size=4, unused_convs=True)},
+                  "MIM: ST-LSTM then MIM blocks with MIMN diff modules (OpenSTL structure)"),
     "stlight": _Entry(STLight, {},
                       {"mmnist": dict(_MMNIST, dim=1400, depth=16, kernel_sizes=(3, 7),
                                       patch_size=2, overlapping=1)},

@@ -1,4 +1,4 @@
-"""Gate math of the four cells, one module per fused op, each beside its ``*_ref``.
+"""Gate math of the cells, one module per fused op, each beside its ``*_ref``.
 
 Every op has the same signature in each backend; :data:`GATES` maps a backend name to the
 implementations the cells call. :func:`conv_gates_triton` (convolution and gates in one
@@ -12,17 +12,24 @@ from .convlstm_gates import (convlstm_gates_cpp, convlstm_gates_cuda, convlstm_g
 from .dual_memory_gates import (mklstm_gates_cpp, mklstm_gates_cuda, mklstm_gates_ref,
                                 mklstm_gates_triton, stlstm_gates_cpp, stlstm_gates_cuda,
                                 stlstm_gates_ref, stlstm_gates_triton)
+from .mim_gates import (mim_block_gates_cpp, mim_block_gates_cuda, mim_block_gates_ref,
+                        mim_block_gates_triton, mims_gates_cpp, mims_gates_cuda, mims_gates_ref,
+                        mims_gates_triton)
 from .output_gate import output_gate_cpp, output_gate_cuda, output_gate_ref, output_gate_triton
 
 GATES = {
     "reference": SimpleNamespace(convlstm=convlstm_gates_ref, stlstm=stlstm_gates_ref,
-                                 mklstm=mklstm_gates_ref, output=output_gate_ref),
+                                 mklstm=mklstm_gates_ref, output=output_gate_ref,
+                                 mims=mims_gates_ref, mim_block=mim_block_gates_ref),
     "cpp": SimpleNamespace(convlstm=convlstm_gates_cpp, stlstm=stlstm_gates_cpp,
-                           mklstm=mklstm_gates_cpp, output=output_gate_cpp),
+                           mklstm=mklstm_gates_cpp, output=output_gate_cpp,
+                           mims=mims_gates_cpp, mim_block=mim_block_gates_cpp),
     "triton": SimpleNamespace(convlstm=convlstm_gates_triton, stlstm=stlstm_gates_triton,
-                              mklstm=mklstm_gates_triton, output=output_gate_triton),
+                              mklstm=mklstm_gates_triton, output=output_gate_triton,
+                              mims=mims_gates_triton, mim_block=mim_block_gates_triton),
     "cuda": SimpleNamespace(convlstm=convlstm_gates_cuda, stlstm=stlstm_gates_cuda,
-                            mklstm=mklstm_gates_cuda, output=output_gate_cuda),
+                            mklstm=mklstm_gates_cuda, output=output_gate_cuda,
+                            mims=mims_gates_cuda, mim_block=mim_block_gates_cuda),
 }
 
 __all__ = ["GATES",
@@ -31,4 +38,7 @@ __all__ = ["GATES",
            "stlstm_gates_ref", "stlstm_gates_cpp", "stlstm_gates_triton", "stlstm_gates_cuda",
            "mklstm_gates_ref", "mklstm_gates_cpp", "mklstm_gates_triton", "mklstm_gates_cuda",
            "output_gate_ref", "output_gate_cpp", "output_gate_triton", "output_gate_cuda",
-           "conv_gates_ref", "conv_gates_triton"]
+           "conv_gates_ref", "conv_gates_triton",
+           "mims_gates_ref", "mims_gates_cpp", "mims_gates_triton", "mims_gates_cuda",
+           "mim_block_gates_ref", "mim_block_gates_cpp", "mim_block_gates_triton",
+           "mim_block_gates_cuda"]
