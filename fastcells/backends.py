@@ -46,6 +46,8 @@ AUTO_PREFERENCE = {
     "stlstm": ("cuda", "triton"),
     "mklstm": ("cuda", "triton"),
     "convttlstm": ("triton", "cuda"),
+    "causal_lstm": ("cuda", "triton"),  # PredRNN++: like ST-LSTM, elementwise stages only
+    "ghu": ("cuda", "triton"),
 }
 _warned_missing_cpp = False
 

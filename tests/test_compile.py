@@ -11,7 +11,8 @@ from .helpers import RTOL, assert_close, make_cells
 @pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_cpp),
                                      pytest.param("triton", marks=requires_triton)])
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["default", "memeff"])
-@pytest.mark.parametrize("config", ["convlstm_peephole", "stlstm", "mklstm", "convttlstm"])
+@pytest.mark.parametrize("config", ["convlstm_peephole", "stlstm", "mklstm", "convttlstm",
+                                    "causal_lstm"])
 def test_fullgraph_aot_eager(config, memory_efficient, backend):
     """Dynamo captures the whole step, forward and backward, without a graph break. (In
     interpreter mode the Triton ops are opaque custom ops; on a GPU they are triton_ops

@@ -1,6 +1,8 @@
+from .causal_lstm import CausalLSTMCell, GradientHighwayUnit
 from .convlstm import ConvLSTMCell
 from .convttlstm import ConvTTLSTMCell
 from .mklstm import MKLSTMCell
 from .stlstm import SpatioTemporalLSTMCell
 
-__all__ = ["ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell"]
+__all__ = ["ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
+           "CausalLSTMCell", "GradientHighwayUnit"]

@@ -14,6 +14,11 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
   has the 2.69M that Table 4 prints, so the preset uses 3.)
 - ``stlight``: ``"mmnist"``, STLight-L of seed 003 (dim 1400, depth 16, kernels 3 and 7,
   patch 2, no overlap).
+- ``predrnn_pp``: ``"mmnist"``/``"taxibj"`` in the MS-LSTM paper's setting (as ``predrnn``);
+  ``"openstl_mmnist"`` is OpenSTL's Moving MNIST configuration (configs/mmnist/PredRNNpp.py:
+  4 layers of 128, kernel 5, patch 4, no embedding, 10 -> 10, with the causal cells'
+  never-called ``conv_o`` that OpenSTL builds): 38.6M parameters and 171.7 GFLOPs, as
+  OpenSTL's benchmark table prints.
 - ``e_convlstm``: seed 000 gives no sizes; its ``"mmnist"``/``"taxibj"`` presets use the
   MS-LSTM paper's ConvLSTM configuration plus attention and dropout 0.3.
 """
@@ -30,6 +35,7 @@ from .._checks import check_int
 from .conv_tt import ConvTTNet
 from .e_convlstm import EnhancedConvLSTM
 from .predrnn import PredRNN
+from .predrnn_pp import PredRNNpp
 from .pyramid import PyramidForecaster
 from .stacked import StackedForecaster
 from .stlight import STLight
@@ -85,6 +91,12 @@ _MODELS: dict[str, _Entry] = {
                          _ms_presets(kernel_size=3, embed=True),
                          "PredRNN-v2: PredRNN + memory decoupling loss (+ reverse scheduled "
                          "sampling in training)"),
+    "predrnn_pp": _Entry(PredRNNpp, {},
+                         {**_ms_presets(kernel_size=3, embed=True),
+                          "openstl_mmnist": dict(_MMNIST, hidden_size=128, num_layers=4,
+                                                 kernel_size=5, patch_size=4,
+                                                 unused_conv_o=True)},
+                         "PredRNN++: causal LSTM stack, gradient highway unit, zigzag memory"),
     "sms_lstm": _Entry(PyramidForecaster, {"cell": "convlstm"},
                        _ms_presets(kernel_size=3),
                        "ConvLSTM cells in MS-LSTM's mirrored pyramid"),
