@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from .convlstm_gates import acc_dtype
-from .layout import launch_pointwise, load, new_like_layout, store, tile_offsets
+from .layout import launch_pointwise, load, new_like_layout, tile_offsets
+from .layout import store_rn as store
 from .lstm_math import memory_update, memory_update_backward, tanh
 
 

@@ -519,11 +519,12 @@ def test_ghu_cell_matches_reference(device, kwargs, layout, variant):
     in CELL_CONFIGS) with backend="cuda", three steps, all gradients, float64."""
     dtype = torch.float64
     ref = fc.GradientHighwayUnit(C, C, backend="reference", **kwargs).to(dtype)
-    cuda = fc.GradientHighwayUnit(C, C, backend="cuda", **kwargs, **CELL_VARIANTS[variant])
+    cuda = fc.GradientHighwayUnit(C, C, backend="cuda", **kwargs,
+                                  **CELL_VARIANTS[variant]).to(dtype)
     randomize(ref)
     cuda.load_state_dict(ref.state_dict())
     ref.to(device)
-    cuda.to(device=device, dtype=dtype)
+    cuda.to(device)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
     def leaf():

@@ -32,17 +32,20 @@ struct CausalCForward {
     auto sum3 = [&](int64_t g) {
       return load(zx, b, g * C + ch, p) + load(zh, b, g * C + ch, p) + load(zc, b, g * C + ch, p);
     };
-    const MemoryUpdate<Acc> u =
-        memory_update(sum3(0), sum3(1) + forget_bias, sum3(2), load(c_prev, b, ch, p));
-    store(c, b, ch, p, u.c);
+    // The pass-through sums first: values held across the (float64) exp/tanh calls spill.
     store(o_partial, b, ch, p, load(zx, b, 6 * C + ch, p) + load(zh, b, 3 * C + ch, p));
     store(zp, b, ch, p, load(zx, b, 3 * C + ch, p) + load(zm, b, ch, p));
     store(zp, b, C + ch, p, load(zx, b, 4 * C + ch, p) + load(zm, b, C + ch, p));
     store(zp, b, 2 * C + ch, p, load(zx, b, 5 * C + ch, p));
     store(zp, b, 3 * C + ch, p, load(zm, b, 2 * C + ch, p));
-    store(acts, b, ch, p, u.i);
-    store(acts, b, C + ch, p, u.f);
-    store(acts, b, 2 * C + ch, p, u.g);
+    // memory_update's arithmetic, one gate at a time (fewer values held across the calls)
+    const Acc i = sigmoid(sum3(0));
+    const Acc f = sigmoid(sum3(1) + forget_bias);
+    const Acc g = tanh_act(sum3(2));
+    store(c, b, ch, p, f * load(c_prev, b, ch, p) + i * g);
+    store(acts, b, ch, p, i);
+    store(acts, b, C + ch, p, f);
+    store(acts, b, 2 * C + ch, p, g);
   }
 };
 
@@ -93,6 +96,9 @@ struct CausalMForward {
     int64_t b, ch, p;
     idx.decompose(n, b, ch, p);
     const int64_t C = idx.channels;
+    // The copies first: values held across the (float64) exp/tanh calls spill.
+    store(cm, b, ch, p, load(c, b, ch, p));
+    store(o_sum, b, ch, p, load(o_partial, b, ch, p) + load(zc2m, b, 3 * C + ch, p));
     const Acc tm = tanh_act(load(zp, b, 3 * C + ch, p));
     // m = f' tanh(m_m) + i' g': the LSTM update with tanh(m_m) as the old memory;
     // conv_c2m's channels are i', g', f', o
@@ -100,9 +106,7 @@ struct CausalMForward {
         load(zp, b, ch, p) + load(zc2m, b, ch, p),
         load(zp, b, C + ch, p) + load(zc2m, b, 2 * C + ch, p) + forget_bias,
         load(zp, b, 2 * C + ch, p) + load(zc2m, b, C + ch, p), tm);
-    store(cm, b, ch, p, load(c, b, ch, p));
     store(cm, b, C + ch, p, u.c);
-    store(o_sum, b, ch, p, load(o_partial, b, ch, p) + load(zc2m, b, 3 * C + ch, p));
     store(acts, b, ch, p, u.i);
     store(acts, b, C + ch, p, u.f);
     store(acts, b, 2 * C + ch, p, u.g);
