@@ -19,6 +19,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mims_gates_backward", &fastcells::mims_gates_backward);
   m.def("mim_block_gates_forward", &fastcells::mim_block_gates_forward);
   m.def("mim_block_gates_backward", &fastcells::mim_block_gates_backward);
+  m.def("causal_c_gates_forward", &fastcells::causal_c_gates_forward);
+  m.def("causal_c_gates_backward", &fastcells::causal_c_gates_backward);
+  m.def("causal_m_gates_forward", &fastcells::causal_m_gates_forward);
+  m.def("causal_m_gates_backward", &fastcells::causal_m_gates_backward);
+  m.def("causal_output_gate_forward", &fastcells::causal_output_gate_forward);
+  m.def("causal_output_gate_backward", &fastcells::causal_output_gate_backward);
+  m.def("ghu_gates_forward", &fastcells::ghu_gates_forward);
+  m.def("ghu_gates_backward", &fastcells::ghu_gates_backward);
   m.def(
       "set_poison_outputs", [](bool on) { fastcells::poison_outputs() = on; },
       "Test hook: NaN-fill kernel outputs before the kernels write them.");

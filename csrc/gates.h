@@ -50,5 +50,27 @@ std::vector<at::Tensor> mim_block_gates_backward(const at::Tensor& grad_cm,
                                                  const at::Tensor& grad_o_partial,
                                                  const at::Tensor& acts,
                                                  const at::Tensor& m_prev);
+// PredRNN++ (causal_lstm_gates.cpp, ghu_gates.cpp)
+std::vector<at::Tensor> causal_c_gates_forward(const at::Tensor& zx, const at::Tensor& zh,
+                                               const at::Tensor& zc, const at::Tensor& zm,
+                                               const at::Tensor& c_prev, double forget_bias);
+std::vector<at::Tensor> causal_c_gates_backward(const at::Tensor& grad_c,
+                                                const at::Tensor& grad_o_partial,
+                                                const at::Tensor& grad_zp, const at::Tensor& acts,
+                                                const at::Tensor& c_prev);
+std::vector<at::Tensor> causal_m_gates_forward(const at::Tensor& zp, const at::Tensor& zc2m,
+                                               const at::Tensor& c, const at::Tensor& o_partial,
+                                               double forget_bias);
+std::vector<at::Tensor> causal_m_gates_backward(const at::Tensor& grad_m,
+                                                const at::Tensor& grad_o_sum,
+                                                const at::Tensor& acts);
+std::vector<at::Tensor> causal_output_gate_forward(const at::Tensor& o_sum, const at::Tensor& zo,
+                                                   const at::Tensor& zl);
+std::vector<at::Tensor> causal_output_gate_backward(const at::Tensor& grad_h,
+                                                    const at::Tensor& acts);
+std::vector<at::Tensor> ghu_gates_forward(const at::Tensor& zx, const at::Tensor& zz,
+                                          const at::Tensor& z_prev);
+std::vector<at::Tensor> ghu_gates_backward(const at::Tensor& grad_z, const at::Tensor& acts,
+                                           const at::Tensor& z_prev);
 
 }  // namespace fastcells

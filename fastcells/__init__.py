@@ -1,7 +1,8 @@
 """fastcells: fused kernels for convolutional recurrent cells.
 
 Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRNN),
-:class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM), :class:`MIMBlock`
+:class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM),
+:class:`CausalLSTMCell` and :class:`GradientHighwayUnit` (PredRNN++), :class:`MIMBlock`
 and :class:`MIMNCell` (MIM).
 Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
 :class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
@@ -10,8 +11,8 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model zoo built on them.
 """
 from .backends import available_backends
-from .cells import (ConvLSTMCell, ConvTTLSTMCell, MIMBlock, MIMNCell, MKLSTMCell,
-                    SpatioTemporalLSTMCell)
+from .cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, GradientHighwayUnit, MIMBlock,
+                    MIMNCell, MKLSTMCell, SpatioTemporalLSTMCell)
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
@@ -19,7 +20,8 @@ from . import data, metrics, models, utils  # noqa: E402  (subpackages the READM
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
+    "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell", "CausalLSTMCell",
+    "GradientHighwayUnit",
     "MIMNCell", "MIMBlock",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",

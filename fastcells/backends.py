@@ -47,6 +47,8 @@ AUTO_PREFERENCE = {
     "mklstm": ("cuda", "triton"),
     "convttlstm": ("triton", "cuda"),
     "mim": ("cuda", "triton"),
+    "causal_lstm": ("cuda", "triton"),  # PredRNN++: like ST-LSTM, elementwise stages only
+    "ghu": ("cuda", "triton"),
 }
 _warned_missing_cpp = False
 

@@ -80,6 +80,19 @@ def store(ptr, value, b, ch, p, mask, sb, sc, sp):
     tl.store(ptr + b * sb + ch * sc + p * sp, value.to(ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def store_rn(ptr, value, b, ch, p, mask, sb, sc, sp):
+    """:func:`store` whose bfloat16 results are rounded to nearest even, as a GPU's
+    conversion rounds. Triton's interpreter truncates float32 -> bfloat16 (its cast ignores
+    the rounding mode), which doubles the rounding error of every bfloat16 output in the CPU
+    tests; rounding the float32 bits first makes the conversion exact in both."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        value = bits.to(tl.float32, bitcast=True)
+    tl.store(ptr + b * sb + ch * sc + p * sp, value.to(ptr.dtype.element_ty), mask=mask)
+
+
 # Warps of the pointwise kernels: 8, i.e. 8 elements of each ~2048-element tile per thread.
 # With 4 (16 elements per thread) ST-LSTM's forward needs more than a thread's 255
 # registers on sm_90 in float32, and the two-memory kernels and ConvLSTM's backward in

@@ -19,6 +19,10 @@ CELL_CONFIGS = {
     "mklstm_1_3": (fc.MKLSTMCell, dict(kernel_sizes=(1, 3))),
     "convttlstm": (fc.ConvTTLSTMCell, {}),
     "convttlstm_lags": (fc.ConvTTLSTMCell, dict(order=2, steps=4, rank=3, kernel_size=3)),
+    # OpenSTL's layout (its never-called conv_o: no gradient on any backend)
+    "causal_lstm": (fc.CausalLSTMCell, dict(unused_conv_o=True)),
+    "causal_lstm_bias_ln": (fc.CausalLSTMCell, dict(bias=True, layer_norm=True, forget_bias=0.0,
+                                                    kernel_size=5)),
 }
 
 

@@ -15,6 +15,8 @@ TINY = {
     "predrnn_patch": ("predrnn", {"hidden_size": 4, "num_layers": 2, "kernel_size": 3,
                                       "patch_size": 2}, (10, 8)),
     "predrnn_v2": ("predrnn_v2", {"hidden_size": 4, "num_layers": 3, "kernel_size": 3}, (13, 11)),
+    "predrnn_pp": ("predrnn_pp", {"hidden_size": 4, "num_layers": 3, "kernel_size": 3,
+                                  "patch_size": 2}, (10, 8)),
     "sms_lstm": ("sms_lstm", {"hidden_size": 4, "num_layers": 4}, (13, 11)),
     "tms_lstm": ("tms_lstm", {"hidden_size": 4, "num_layers": 2}, (13, 11)),
     "ms_lstm": ("ms_lstm", {"hidden_size": 4, "num_layers": 4}, (13, 11)),

@@ -26,10 +26,12 @@ import torch
 
 import fastcells as fc
 from fastcells import _ext, backends, ops
-from fastcells.ops import convlstm_gates, dual_memory_gates, mim_gates, output_gate
+from fastcells.ops import (causal_lstm_gates, convlstm_gates, dual_memory_gates, ghu_gates,
+                           mim_gates, output_gate)
 
 from .conftest import GPU_TESTS
-from .helpers import CELL_CONFIGS, RTOL, assert_close, flat_outputs, make_cells, rel_error
+from .helpers import (CELL_CONFIGS, RTOL, assert_close, flat_outputs, make_cells, randomize,
+                      rel_error)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
@@ -104,6 +106,14 @@ _CUDA_OPS = [
     (mim_gates._mims_cuda_backward_op, mim_gates._mims_cuda_backward_impl),
     (mim_gates._block_cuda_op, mim_gates._block_cuda_impl),
     (mim_gates._block_cuda_backward_op, mim_gates._block_cuda_backward_impl),
+    (causal_lstm_gates._c_cuda_op, causal_lstm_gates._c_cuda_impl),
+    (causal_lstm_gates._c_cuda_backward_op, causal_lstm_gates._c_cuda_backward_impl),
+    (causal_lstm_gates._m_cuda_op, causal_lstm_gates._m_cuda_impl),
+    (causal_lstm_gates._m_cuda_backward_op, causal_lstm_gates._m_cuda_backward_impl),
+    (causal_lstm_gates._out_cuda_op, causal_lstm_gates._out_cuda_impl),
+    (causal_lstm_gates._out_cuda_backward_op, causal_lstm_gates._out_cuda_backward_impl),
+    (ghu_gates._cuda_forward_op, ghu_gates._cuda_forward_impl),
+    (ghu_gates._cuda_backward_op, ghu_gates._cuda_backward_impl),
 ]
 
 
@@ -153,6 +163,10 @@ OPS = {
     "stlstm_deltas": (ops.stlstm_gates_ref, ops.stlstm_gates_cuda, (7, 4, 3, 1, 1), (True,)),
     "mklstm": (ops.mklstm_gates_ref, ops.mklstm_gates_cuda, (4, 4, 1, 1), ()),
     "output": (ops.output_gate_ref, ops.output_gate_cuda, (1, 1, 1), ()),
+    "causal_c": (ops.causal_c_gates_ref, ops.causal_c_gates_cuda, (7, 4, 3, 3, 1), (1.0,)),
+    "causal_m": (ops.causal_m_gates_ref, ops.causal_m_gates_cuda, (4, 4, 1, 1), (0.5,)),
+    "causal_output": (ops.causal_output_gate_ref, ops.causal_output_gate_cuda, (1, 1, 1), ()),
+    "ghu": (ops.ghu_gates_ref, ops.ghu_gates_cuda, (2, 2, 1), ()),
 }
 
 LAYOUTS = ["contiguous", "channels_last", "channel_slice", "channels_last_slice", "strided",
@@ -375,6 +389,10 @@ def test_gates_table_has_cuda():
     assert ops.GATES["cuda"].stlstm is ops.stlstm_gates_cuda
     assert ops.GATES["cuda"].mklstm is ops.mklstm_gates_cuda
     assert ops.GATES["cuda"].output is ops.output_gate_cuda
+    assert ops.GATES["cuda"].causal_c is ops.causal_c_gates_cuda
+    assert ops.GATES["cuda"].causal_m is ops.causal_m_gates_cuda
+    assert ops.GATES["cuda"].causal_output is ops.causal_output_gate_cuda
+    assert ops.GATES["cuda"].ghu is ops.ghu_gates_cuda
 
 
 # ============================================================================ torch.library
@@ -408,10 +426,26 @@ def _op_samples(device):
         (f.output_gate_cuda.default, (g, g, c_cl.clone().requires_grad_())),
         (f.output_gate_cuda_backward.default, (g, acts2)),
         (f.output_gate_cuda_backward.default, (g, acts2_cl)),
+        (f.causal_c_gates_cuda.default, (zx.detach().clone().requires_grad_(), zh, zm, zm,
+                                         c.clone().requires_grad_(), 1.0)),
+        (f.causal_c_gates_cuda.default, (zx_cl, zh, zm.detach().clone().requires_grad_(), zm,
+                                         c_cl, 0.0)),
+        (f.causal_c_gates_cuda_backward.default, (g, g, z.detach(), acts6[:, :3 * C], c)),
+        (f.causal_m_gates_cuda.default, (z.detach().clone().requires_grad_(), z_cl, c, g, 1.0)),
+        (f.causal_m_gates_cuda.default, (z_cl, z, c_cl.clone().requires_grad_(), c, 0.5)),
+        (f.causal_m_gates_cuda_backward.default, (g, g, acts4)),
+        (f.causal_m_gates_cuda_backward.default, (g, c_cl, acts4_cl)),
+        (f.causal_output_gate_cuda.default, (g.clone().requires_grad_(), g, g)),
+        (f.causal_output_gate_cuda.default, (g, g, c_cl.clone().requires_grad_())),
+        (f.causal_output_gate_cuda_backward.default, (g, acts2_cl)),
+        (f.ghu_gates_cuda.default, (acts2.clone().requires_grad_(), acts2, g)),
+        (f.ghu_gates_cuda.default, (acts2_cl, acts2, c_cl.clone().requires_grad_())),
+        (f.ghu_gates_cuda_backward.default, (g, acts2, c)),
+        (f.ghu_gates_cuda_backward.default, (c_cl, acts2_cl, c)),
     ]
 
 
-@pytest.mark.parametrize("i", range(14))
+@pytest.mark.parametrize("i", range(28))
 def test_opcheck(device, i):
     """Schema, fake kernels (shapes, strides and formats of the real outputs), autograd
     registration and AOT dispatch of every op."""
@@ -478,6 +512,44 @@ def test_cell_matches_reference(device, config, layout, variant, dtype):
         assert (a is None) == (e is None), f"grad {i}"
         if e is not None:
             assert_close(a, e, rtol, f"grad {i}")
+
+
+@pytest.mark.parametrize("variant", list(CELL_VARIANTS))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kwargs", [{}, dict(bias=True, layer_norm=True, spatial_size=(9, 11))],
+                         ids=["ghu", "ghu_bias_ln"])
+def test_ghu_cell_matches_reference(device, kwargs, layout, variant):
+    """PredRNN++'s gradient highway unit (forward(x, z) -> z, input_size == hidden_size: not
+    in CELL_CONFIGS) with backend="cuda", three steps, all gradients, float64."""
+    dtype = torch.float64
+    ref = fc.GradientHighwayUnit(C, C, backend="reference", **kwargs).to(dtype)
+    cuda = fc.GradientHighwayUnit(C, C, backend="cuda", **kwargs,
+                                  **CELL_VARIANTS[variant]).to(dtype)
+    randomize(ref)
+    cuda.load_state_dict(ref.state_dict())
+    ref.to(device)
+    cuda.to(device)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+    def leaf():
+        t = torch.randn(2, C, 9, 11, dtype=dtype, device=device)
+        return t.contiguous(memory_format=fmt).requires_grad_()
+
+    xs, z0 = [leaf() for _ in range(3)], leaf()
+
+    def run(cell):
+        out, z = [], z0
+        for x in xs:
+            z = cell(x, z)
+            out.append(z)
+        return out
+
+    out_ref, out_cuda = run(ref), run(cuda)
+    weights = [torch.randn_like(o) for o in out_ref]
+    g_ref = torch.autograd.grad(out_ref, [*xs, z0, *ref.parameters()], weights)
+    g_cuda = torch.autograd.grad(out_cuda, [*xs, z0, *cuda.parameters()], weights)
+    for i, (a, e) in enumerate(zip([*out_cuda, *g_cuda], [*out_ref, *g_ref])):
+        assert_close(a, e, RTOL[dtype], f"tensor {i}")
 
 
 def test_backend_cuda_without_gpu_or_extension_is_a_clear_error():
@@ -590,14 +662,15 @@ def _assert_compiled(result, name):
 
 
 def test_cuda_sources_exist():
-    assert set(CU_FILES) == {"convlstm_gates.cu", "dual_memory_gates.cu", "output_gate.cu"}
+    assert set(CU_FILES) == {"convlstm_gates.cu", "dual_memory_gates.cu", "output_gate.cu",
+                             "causal_lstm_gates.cu", "ghu_gates.cu"}
     assert SETUP.cuda_sources() == [os.path.join("csrc", "cuda", f) for f in CU_FILES] + [
         os.path.join("csrc", "cuda", "bindings.cpp")]
 
 
 # Kernels per .cu: each op and dtype, the peephole reduction of the ConvLSTM backward too.
 KERNELS = {"convlstm_gates.cu": 3 * 4, "dual_memory_gates.cu": 4 * 4, "output_gate.cu": 2 * 4,
-           "mim_gates.cu": 4 * 4}
+           "mim_gates.cu": 4 * 4, "causal_lstm_gates.cu": 6 * 4, "ghu_gates.cu": 2 * 4}
 
 
 @requires_nvcc
@@ -634,8 +707,8 @@ def test_bindings_compile_and_every_launcher_is_instantiated(compiled):
 
     needed = symbols("bindings.o", "--undefined-only")
     defined = set().union(*(symbols(n + ".o", "--defined-only") for n in CU_FILES))
-    # 12 elementwise ops (8, and MIM's 4) and 1 reduction, 4 dtypes each.
-    assert len(needed) == 52, sorted(needed)
+    # 20 elementwise ops (8, MIM's 4, PredRNN++'s 8) and 1 reduction, 4 dtypes each.
+    assert len(needed) == 84, sorted(needed)
     assert needed <= defined, f"launchers never instantiated: {sorted(needed - defined)}"
 
 

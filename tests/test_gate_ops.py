@@ -38,6 +38,10 @@ OPS = {
     "stlstm_deltas": ("stlstm_gates", (7, 4, 3, 1, 1), (True,)),
     "mklstm": ("mklstm_gates", (4, 4, 1, 1), ()),
     "output": ("output_gate", (1, 1, 1), ()),
+    "causal_c": ("causal_c_gates", (7, 4, 3, 3, 1), (1.0,)),
+    "causal_m": ("causal_m_gates", (4, 4, 1, 1), (0.5,)),  # a forget bias other than 1
+    "causal_output": ("causal_output_gate", (1, 1, 1), ()),
+    "ghu": ("ghu_gates", (2, 2, 1), ()),
 }
 
 
@@ -182,11 +186,20 @@ def _op_samples(suffix=""):
         (f("mklstm_gates@_backward"), (acts2, g, acts6, c, c)),
         (f("output_gate@"), (g.clone().requires_grad_(), g, g)),
         (f("output_gate@_backward"), (g, acts2)),
+        (f("causal_c_gates@"), (zx.detach().clone().requires_grad_(), zh, zh[:, :3 * C], zm,
+                                c.clone().requires_grad_(), 1.0)),
+        (f("causal_c_gates@_backward"), (g, g, z.detach(), acts6[:, :3 * C], c)),
+        (f("causal_m_gates@"), (z.detach().clone().requires_grad_(), z, c, g, 0.0)),
+        (f("causal_m_gates@_backward"), (g, g, acts4)),
+        (f("causal_output_gate@"), (g, g.clone().requires_grad_(), c)),
+        (f("causal_output_gate@_backward"), (g, acts2)),
+        (f("ghu_gates@"), (zh[:, :2 * C].clone().requires_grad_(), zh[:, 2 * C:], g)),
+        (f("ghu_gates@_backward"), (g, acts2, c)),
     ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("i", range(10))
+@pytest.mark.parametrize("i", range(18))
 def test_opcheck(i, backend):
     op, args = _op_samples("" if backend == "cpp" else "_triton")[i]
     torch.library.opcheck(op, args)

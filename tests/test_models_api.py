@@ -12,8 +12,8 @@ from .models_helpers import CHANNELS, TINY, one_thread, tiny  # noqa: F401 (fixt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ALL = ["convlstm", "predrnn", "predrnn_v2", "sms_lstm", "tms_lstm", "ms_lstm", "conv_tt_lstm",
-       "conv_tt_lstm_baseline", "e_convlstm", "mim", "stlight", "rmt", "vdt"]
+ALL = ["convlstm", "predrnn", "predrnn_v2", "predrnn_pp", "sms_lstm", "tms_lstm", "ms_lstm",
+       "conv_tt_lstm", "conv_tt_lstm_baseline", "e_convlstm", "mim", "stlight", "rmt", "vdt"]
 
 
 def test_list_models_and_presets():
@@ -21,8 +21,8 @@ def test_list_models_and_presets():
     for name in ALL:
         assert M.describe(name)
         assert "mmnist" in M.list_presets(name)
-    for name in ["convlstm", "predrnn", "predrnn_v2", "sms_lstm", "tms_lstm", "ms_lstm",
-                 "e_convlstm"]:
+    for name in ["convlstm", "predrnn", "predrnn_v2", "predrnn_pp", "sms_lstm", "tms_lstm",
+                 "ms_lstm", "e_convlstm"]:
         assert M.preset_config(name, "taxibj")["frame_size"] == (32, 32)
     assert M.preset_config("ms_lstm", "mmnist")["kernel_sizes"] == (3, 5)
     assert M.preset_config("conv_tt_lstm", "mmnist")["rank"] == 8
@@ -35,6 +35,7 @@ PRESET_SHAPES = [
     ("ms_lstm", "taxibj", {"hidden_size": 4}),
     ("sms_lstm", "mmnist", {"hidden_size": 4}), ("tms_lstm", "mmnist", {"hidden_size": 4}),
     ("predrnn_v2", "mmnist", {"hidden_size": 4, "num_layers": 2}),
+    ("predrnn_pp", "openstl_mmnist", {"hidden_size": 4, "num_layers": 2}),
     ("conv_tt_lstm", "mmnist", {"hidden_channels": (4, 4, 4, 4), "rank": 2}),
     ("conv_tt_lstm_baseline", "kth", {"hidden_channels": (2, 3, 3, 2)}),
     ("e_convlstm", "taxibj", {"hidden_size": 4, "num_layers": 2}),

@@ -92,3 +92,35 @@ def test_flops_are_counted_for_the_requested_prediction_length():
     shape = (1, 4, 2, 32, 32)
     per_step = M.count_flops(model, shape, pred_len=1) / 4
     assert M.count_flops(model, shape, pred_len=4) == pytest.approx(7 * per_step)
+
+
+# OpenSTL's Moving MNIST benchmark table (its README / docs, fvcore, batch 1, 10 -> 10):
+# (model, preset, params in M, GFLOPs), each within 1%.
+OPENSTL = [("predrnn_pp", "openstl_mmnist", 38.6, 171.7)]
+
+
+@pytest.mark.parametrize("name,preset,params_m,gflops", OPENSTL)
+def test_openstl_presets_match_openstl_table(name, preset, params_m, gflops):
+    model = M.create(name, preset=preset, backend="reference")
+    params = M.count_params(model)
+    assert abs(params / 1e6 - params_m) / params_m < 0.01, params
+    # One step counted, times the rollout's T_in + pred_len - 1 steps: every step runs the
+    # same convolutions (test_flops_are_counted_for_the_requested_prediction_length), and
+    # the full 19-step count of these presets takes half a minute on a shared CPU.
+    steps = model.input_len + model.pred_len - 1
+    with torch.no_grad():
+        flops = steps * M.count_flops(model, (1, 1, model.frame_channels, *model.frame_size),
+                                      pred_len=1)
+    assert abs(flops / 1e9 - gflops) / gflops < 0.01, flops / 1e9
+
+
+def test_predrnn_pp_openstl_counts_exact():
+    """By hand from the layer shapes (C = 128, k = 5, 16 patched channels, 16x16 positions):
+    per causal cell 17 C*C*k*k convolutions (conv_o included), conv_x, conv_last; the GHU's
+    two 2C convolutions; the 1x1 head. FLOPs: every convolution but the never-called conv_o,
+    at 256 positions, over 19 steps."""
+    C, k2 = 128, 25
+    cells = 4 * (17 * C * C * k2 + 2 * C * C) + (16 + 3 * C) * 7 * C * k2
+    ghu, head = 2 * C * 2 * C * k2, C * 16
+    model = M.create("predrnn_pp", preset="openstl_mmnist", backend="reference")
+    assert M.count_params(model) == cells + ghu + head == 38584320

@@ -2,9 +2,10 @@
 
 The other Triton tests run the kernels in the interpreter, which never lowers them for a
 GPU. Here tests/triton_sm90.py runs every launcher (convlstm_gates, dual_memory_gates,
-output_gate, ctt, conv_gates; forward and backward, each variant) on CPU tensors in float32,
-bfloat16, float16 and float64, contiguous and channels_last, captures each launch, and
-compiles every distinct specialization for sm_90 as a launch on an H100 would, then reads
+output_gate, causal_lstm_gates, ghu_gates, ctt, conv_gates; forward and backward, each
+variant) on CPU tensors in float32, bfloat16, float16 and float64, contiguous and
+channels_last, captures each launch, and compiles every distinct specialization for sm_90
+as a launch on an H100 would, then reads
 registers and stack from cuobjdump. It runs in subprocesses without TRITON_INTERPRET (the
 interpreter, which tests/conftest.py turns on for this process, replaces ``triton.jit``),
 in parallel shards, once for all the tests of this module.
@@ -58,6 +59,14 @@ SPECIALIZATIONS = {
     "dual_memory_gates._mklstm_backward_kernel": 8,
     "output_gate._forward_kernel": 8,
     "output_gate._backward_kernel": 8,
+    "causal_lstm_gates._c_forward_kernel": 8,
+    "causal_lstm_gates._c_backward_kernel": 8,
+    "causal_lstm_gates._m_forward_kernel": 8,
+    "causal_lstm_gates._m_backward_kernel": 8,
+    "causal_lstm_gates._output_forward_kernel": 8,
+    "causal_lstm_gates._output_backward_kernel": 8,
+    "ghu_gates._forward_kernel": 8,
+    "ghu_gates._backward_kernel": 8,
     "ctt._conv_sum_kernel": 44,
     "ctt._wgrad_kernel": 21,
     "conv_gates._forward_kernel": 12,
@@ -65,7 +74,8 @@ SPECIALIZATIONS = {
 
 # Kernels that must compile without spilling registers at B = 2, C = 32, 64x64 (STACK = 0
 # in cuobjdump), with the exceptions below (bytes of stack allowed).
-NO_SPILLS = ("convlstm_gates.", "dual_memory_gates.", "output_gate.", "conv_gates.")
+NO_SPILLS = ("convlstm_gates.", "dual_memory_gates.", "output_gate.", "conv_gates.",
+             "causal_lstm_gates.", "ghu_gates.")
 SPILLS_ALLOWED = {
     # float64 with zx and peepholes: spill stores around the calls of the float64
     # division's slow path (8 bytes contiguous; 16 in channels_last, not compiled here)

@@ -228,7 +228,7 @@ RANK, CTT_K = 8, 5  # the ConvTTLSTMCell defaults
 
 def _cases(dtype: torch.dtype, layout: str, C: int = C) -> list:
     from fastcells.kernels import conv_gates, convlstm_gates, ctt, dual_memory_gates
-    from fastcells.kernels import output_gate
+    from fastcells.kernels import causal_lstm_gates, ghu_gates, output_gate
 
     fmt = LAYOUTS[layout]
 
@@ -282,6 +282,37 @@ def _cases(dtype: torch.dtype, layout: str, C: int = C) -> list:
     add("output_gate.backward",
         lambda launch: output_gate.backward(launch, planes(C), planes(2 * C)),
         {"output_gate._backward_kernel": 1})
+    # PredRNN++: the causal LSTM's three stages (c read as a channel slice, as the cell's m
+    # is one of its [c; m] buffer) and the gradient highway unit
+    add("causal_lstm_gates.c_forward",
+        lambda launch: causal_lstm_gates.c_forward(
+            launch, planes(7 * C), planes(4 * C), planes(3 * C), planes(3 * C), halves()[0],
+            1.0),
+        {"causal_lstm_gates._c_forward_kernel": 1})
+    add("causal_lstm_gates.c_backward",
+        lambda launch: causal_lstm_gates.c_backward(
+            launch, planes(C), planes(C), planes(4 * C), planes(3 * C), halves()[0]),
+        {"causal_lstm_gates._c_backward_kernel": 1})
+    add("causal_lstm_gates.m_forward",
+        lambda launch: causal_lstm_gates.m_forward(
+            launch, planes(4 * C), planes(4 * C), planes(C), planes(C), 1.0),
+        {"causal_lstm_gates._m_forward_kernel": 1})
+    add("causal_lstm_gates.m_backward",
+        lambda launch: causal_lstm_gates.m_backward(
+            launch, halves()[1], planes(C), planes(4 * C)),
+        {"causal_lstm_gates._m_backward_kernel": 1})
+    add("causal_lstm_gates.output_forward",
+        lambda launch: causal_lstm_gates.output_forward(launch, planes(C), planes(C), planes(C)),
+        {"causal_lstm_gates._output_forward_kernel": 1})
+    add("causal_lstm_gates.output_backward",
+        lambda launch: causal_lstm_gates.output_backward(launch, planes(C), planes(2 * C)),
+        {"causal_lstm_gates._output_backward_kernel": 1})
+    add("ghu_gates.forward",
+        lambda launch: ghu_gates.forward(launch, planes(2 * C), planes(2 * C), planes(C)),
+        {"ghu_gates._forward_kernel": 1})
+    add("ghu_gates.backward",
+        lambda launch: ghu_gates.backward(launch, planes(C), planes(2 * C), planes(C)),
+        {"ghu_gates._backward_kernel": 1})
 
     # Conv-TT-LSTM's CTT chain (fastcells.ops.ctt: history M states, N levels, rank R).
     # N3M3 (the cell's defaults, D = 1): forward one conv_sum per level; backward 2 output

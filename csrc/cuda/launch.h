@@ -1,7 +1,7 @@
 // Host entry points of the CUDA kernels: the only functions the torch-side code (ops.h, via
 // bindings.cpp) calls in the .cu files. They are templates defined in kernels.cuh and
-// explicitly instantiated, per op and dtype, in convlstm_gates.cu, dual_memory_gates.cu and
-// output_gate.cu; keeping torch's heavy headers out of the .cu files keeps nvcc fast.
+// explicitly instantiated, per op and dtype, in the .cu files (one per cell family's gate
+// ops); keeping torch's heavy headers out of the .cu files keeps nvcc fast.
 #pragma once
 
 #include <cuda_runtime_api.h>

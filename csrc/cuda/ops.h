@@ -27,8 +27,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "causal_lstm.cuh"
 #include "convlstm.cuh"
 #include "dual_memory.cuh"
+#include "ghu.cuh"
 #include "output_gate.cuh"
 
 namespace fastcells {
@@ -410,6 +412,241 @@ std::vector<at::Tensor> output_gate_backward(const at::Tensor& grad_h, const at:
   return {grad_o, grad_l};
 }
 
+// ----------------------------------------------------------------------------- PredRNN++
+template <class Runner>
+std::vector<at::Tensor> causal_c_gates_forward(const at::Tensor& zx, const at::Tensor& zh,
+                                               const at::Tensor& zc, const at::Tensor& zm,
+                                               const at::Tensor& c_prev, double forget_bias,
+                                               bool channels_last) {
+  check_dims<Runner>(c_prev, "c_prev");
+  const int64_t C = c_prev.size(1);
+  check_planes<Runner>(c_prev, "c_prev", C, c_prev);
+  check_planes<Runner>(zx, "zx", 7 * C, c_prev);
+  check_planes<Runner>(zh, "zh", 4 * C, c_prev);
+  check_planes<Runner>(zc, "zc", 3 * C, c_prev);
+  check_planes<Runner>(zm, "zm", 3 * C, c_prev);
+  typename Runner::Guard guard(c_prev.device());
+  at::Tensor c = new_output(c_prev, C, channels_last);
+  at::Tensor o_partial = new_output(c_prev, C, channels_last);
+  at::Tensor zp = new_output(c_prev, 4 * C, channels_last);
+  at::Tensor acts = new_output(c_prev, 3 * C, channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c_prev.scalar_type(),
+                                  "causal_c_gates_forward", [&] {
+    using T = scalar_t;
+    CausalCForward<T> op;
+    op.idx = index_of(c_prev, channels_last);
+    op.zx = planes<const T>(zx);
+    op.zh = planes<const T>(zh);
+    op.zc = planes<const T>(zc);
+    op.zm = planes<const T>(zm);
+    op.c_prev = planes<const T>(c_prev);
+    op.c = planes<T>(c);
+    op.o_partial = planes<T>(o_partial);
+    op.zp = planes<T>(zp);
+    op.acts = planes<T>(acts);
+    op.forget_bias = static_cast<acc_t<T>>(forget_bias);
+    run_elementwise<Runner>(op);
+  });
+  return {c, o_partial, zp, acts};
+}
+
+template <class Runner>
+std::vector<at::Tensor> causal_c_gates_backward(const at::Tensor& grad_c,
+                                                const at::Tensor& grad_o_partial,
+                                                const at::Tensor& grad_zp, const at::Tensor& acts,
+                                                const at::Tensor& c_prev, bool channels_last) {
+  check_dims<Runner>(c_prev, "c_prev");
+  const int64_t C = c_prev.size(1);
+  check_planes<Runner>(c_prev, "c_prev", C, c_prev);
+  check_planes<Runner>(acts, "acts", 3 * C, c_prev);
+  check_planes<Runner>(grad_c, "grad_c", C, c_prev);
+  check_planes<Runner>(grad_o_partial, "grad_o_partial", C, c_prev);
+  check_planes<Runner>(grad_zp, "grad_zp", 4 * C, c_prev);
+  typename Runner::Guard guard(c_prev.device());
+  at::Tensor grad_zx = new_output(c_prev, 7 * C, channels_last);
+  at::Tensor grad_zh = new_output(c_prev, 4 * C, channels_last);
+  at::Tensor grad_zc = new_output(c_prev, 3 * C, channels_last);
+  at::Tensor grad_zm = new_output(c_prev, 3 * C, channels_last);
+  at::Tensor grad_c_prev = new_output(c_prev, C, channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c_prev.scalar_type(),
+                                  "causal_c_gates_backward", [&] {
+    using T = scalar_t;
+    CausalCBackward<T> op;
+    op.idx = index_of(c_prev, channels_last);
+    op.grad_c = planes<const T>(grad_c);
+    op.grad_o_partial = planes<const T>(grad_o_partial);
+    op.grad_zp = planes<const T>(grad_zp);
+    op.acts = planes<const T>(acts);
+    op.c_prev = planes<const T>(c_prev);
+    op.grad_zx = planes<T>(grad_zx);
+    op.grad_zh = planes<T>(grad_zh);
+    op.grad_zc = planes<T>(grad_zc);
+    op.grad_zm = planes<T>(grad_zm);
+    op.grad_c_prev = planes<T>(grad_c_prev);
+    run_elementwise<Runner>(op);
+  });
+  return {grad_zx, grad_zh, grad_zc, grad_zm, grad_c_prev};
+}
+
+template <class Runner>
+std::vector<at::Tensor> causal_m_gates_forward(const at::Tensor& zp, const at::Tensor& zc2m,
+                                               const at::Tensor& c, const at::Tensor& o_partial,
+                                               double forget_bias, bool channels_last) {
+  check_dims<Runner>(c, "c");
+  const int64_t C = c.size(1);
+  check_planes<Runner>(c, "c", C, c);
+  check_planes<Runner>(zp, "zp", 4 * C, c);
+  check_planes<Runner>(zc2m, "zc2m", 4 * C, c);
+  check_planes<Runner>(o_partial, "o_partial", C, c);
+  typename Runner::Guard guard(c.device());
+  at::Tensor cm = new_output(c, 2 * C, channels_last);
+  at::Tensor o_sum = new_output(c, C, channels_last);
+  at::Tensor acts = new_output(c, 4 * C, channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(),
+                                  "causal_m_gates_forward", [&] {
+    using T = scalar_t;
+    CausalMForward<T> op;
+    op.idx = index_of(c, channels_last);
+    op.zp = planes<const T>(zp);
+    op.zc2m = planes<const T>(zc2m);
+    op.c = planes<const T>(c);
+    op.o_partial = planes<const T>(o_partial);
+    op.cm = planes<T>(cm);
+    op.o_sum = planes<T>(o_sum);
+    op.acts = planes<T>(acts);
+    op.forget_bias = static_cast<acc_t<T>>(forget_bias);
+    run_elementwise<Runner>(op);
+  });
+  return {cm, o_sum, acts};
+}
+
+template <class Runner>
+std::vector<at::Tensor> causal_m_gates_backward(const at::Tensor& grad_m,
+                                                const at::Tensor& grad_o_sum,
+                                                const at::Tensor& acts, bool channels_last) {
+  check_dims<Runner>(grad_m, "grad_m");
+  const int64_t C = grad_m.size(1);
+  check_planes<Runner>(grad_m, "grad_m", C, grad_m);
+  check_planes<Runner>(grad_o_sum, "grad_o_sum", C, grad_m);
+  check_planes<Runner>(acts, "acts", 4 * C, grad_m);
+  typename Runner::Guard guard(grad_m.device());
+  at::Tensor grad_zp = new_output(grad_m, 4 * C, channels_last);
+  at::Tensor grad_zc2m = new_output(grad_m, 4 * C, channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_m.scalar_type(),
+                                  "causal_m_gates_backward", [&] {
+    using T = scalar_t;
+    CausalMBackward<T> op;
+    op.idx = index_of(grad_m, channels_last);
+    op.grad_m = planes<const T>(grad_m);
+    op.grad_o_sum = planes<const T>(grad_o_sum);
+    op.acts = planes<const T>(acts);
+    op.grad_zp = planes<T>(grad_zp);
+    op.grad_zc2m = planes<T>(grad_zc2m);
+    run_elementwise<Runner>(op);
+  });
+  return {grad_zp, grad_zc2m};
+}
+
+template <class Runner>
+std::vector<at::Tensor> causal_output_gate_forward(const at::Tensor& o_sum, const at::Tensor& zo,
+                                                   const at::Tensor& zl, bool channels_last) {
+  check_dims<Runner>(zl, "zl");
+  const int64_t C = zl.size(1);
+  check_planes<Runner>(zl, "zl", C, zl);
+  check_planes<Runner>(zo, "zo", C, zl);
+  check_planes<Runner>(o_sum, "o_sum", C, zl);
+  typename Runner::Guard guard(zl.device());
+  at::Tensor h = new_output(zl, C, channels_last), acts = new_output(zl, 2 * C, channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, zl.scalar_type(),
+                                  "causal_output_gate_forward", [&] {
+    using T = scalar_t;
+    CausalOutputForward<T> op;
+    op.idx = index_of(zl, channels_last);
+    op.o_sum = planes<const T>(o_sum);
+    op.zo = planes<const T>(zo);
+    op.zl = planes<const T>(zl);
+    op.h = planes<T>(h);
+    op.acts = planes<T>(acts);
+    run_elementwise<Runner>(op);
+  });
+  return {h, acts};
+}
+
+template <class Runner>
+std::vector<at::Tensor> causal_output_gate_backward(const at::Tensor& grad_h,
+                                                    const at::Tensor& acts, bool channels_last) {
+  check_dims<Runner>(grad_h, "grad_h");
+  const int64_t C = grad_h.size(1);
+  check_planes<Runner>(grad_h, "grad_h", C, grad_h);
+  check_planes<Runner>(acts, "acts", 2 * C, grad_h);
+  typename Runner::Guard guard(grad_h.device());
+  at::Tensor grad_o = new_output(grad_h, C, channels_last);
+  at::Tensor grad_l = new_output(grad_h, C, channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_h.scalar_type(),
+                                  "causal_output_gate_backward", [&] {
+    using T = scalar_t;
+    CausalOutputBackward<T> op;
+    op.idx = index_of(grad_h, channels_last);
+    op.grad_h = planes<const T>(grad_h);
+    op.acts = planes<const T>(acts);
+    op.grad_o = planes<T>(grad_o);
+    op.grad_l = planes<T>(grad_l);
+    run_elementwise<Runner>(op);
+  });
+  return {grad_o, grad_l};
+}
+
+template <class Runner>
+std::vector<at::Tensor> ghu_gates_forward(const at::Tensor& zx, const at::Tensor& zz,
+                                          const at::Tensor& z_prev, bool channels_last) {
+  check_dims<Runner>(z_prev, "z_prev");
+  const int64_t C = z_prev.size(1);
+  check_planes<Runner>(z_prev, "z_prev", C, z_prev);
+  check_planes<Runner>(zx, "zx", 2 * C, z_prev);
+  check_planes<Runner>(zz, "zz", 2 * C, z_prev);
+  typename Runner::Guard guard(z_prev.device());
+  at::Tensor z = new_output(z_prev, C, channels_last);
+  at::Tensor acts = new_output(z_prev, 2 * C, channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_prev.scalar_type(),
+                                  "ghu_gates_forward", [&] {
+    using T = scalar_t;
+    GHUForward<T> op;
+    op.idx = index_of(z_prev, channels_last);
+    op.zx = planes<const T>(zx);
+    op.zz = planes<const T>(zz);
+    op.z_prev = planes<const T>(z_prev);
+    op.z = planes<T>(z);
+    op.acts = planes<T>(acts);
+    run_elementwise<Runner>(op);
+  });
+  return {z, acts};
+}
+
+template <class Runner>
+std::vector<at::Tensor> ghu_gates_backward(const at::Tensor& grad_z, const at::Tensor& acts,
+                                           const at::Tensor& z_prev, bool channels_last) {
+  check_dims<Runner>(z_prev, "z_prev");
+  const int64_t C = z_prev.size(1);
+  check_planes<Runner>(z_prev, "z_prev", C, z_prev);
+  check_planes<Runner>(grad_z, "grad_z", C, z_prev);
+  check_planes<Runner>(acts, "acts", 2 * C, z_prev);
+  typename Runner::Guard guard(z_prev.device());
+  at::Tensor grad_pu = new_output(z_prev, 2 * C, channels_last);
+  at::Tensor grad_z_prev = new_output(z_prev, C, channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_prev.scalar_type(),
+                                  "ghu_gates_backward", [&] {
+    using T = scalar_t;
+    GHUBackward<T> op;
+    op.idx = index_of(z_prev, channels_last);
+    op.grad_z = planes<const T>(grad_z);
+    op.acts = planes<const T>(acts);
+    op.z_prev = planes<const T>(z_prev);
+    op.grad_pu = planes<T>(grad_pu);
+    op.grad_z_prev = planes<T>(grad_z_prev);
+    run_elementwise<Runner>(op);
+  });
+  return {grad_pu, grad_z_prev};
+}
 }  // namespace cuda
 }  // namespace fastcells
 
@@ -430,6 +667,14 @@ void define_ops(pybind11::module& m) {
   m.def("output_gate_forward", &output_gate_forward<Runner>);
   m.def("output_gate_backward", &output_gate_backward<Runner>);
   define_mim_ops<Runner>(m);
+  m.def("causal_c_gates_forward", &causal_c_gates_forward<Runner>);
+  m.def("causal_c_gates_backward", &causal_c_gates_backward<Runner>);
+  m.def("causal_m_gates_forward", &causal_m_gates_forward<Runner>);
+  m.def("causal_m_gates_backward", &causal_m_gates_backward<Runner>);
+  m.def("causal_output_gate_forward", &causal_output_gate_forward<Runner>);
+  m.def("causal_output_gate_backward", &causal_output_gate_backward<Runner>);
+  m.def("ghu_gates_forward", &ghu_gates_forward<Runner>);
+  m.def("ghu_gates_backward", &ghu_gates_backward<Runner>);
   m.def(
       "set_poison_outputs", [](bool on) { poison_outputs() = on; },
       "Test hook: NaN-fill kernel outputs before the kernels write them.");

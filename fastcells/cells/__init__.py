@@ -1,3 +1,4 @@
+from .causal_lstm import CausalLSTMCell, GradientHighwayUnit
 from .convlstm import ConvLSTMCell
 from .convttlstm import ConvTTLSTMCell
 from .mim import MIMBlock, MIMNCell
@@ -5,4 +6,4 @@ from .mklstm import MKLSTMCell
 from .stlstm import SpatioTemporalLSTMCell
 
 __all__ = ["ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
-           "MIMNCell", "MIMBlock"]
+           "MIMNCell", "MIMBlock", "CausalLSTMCell", "GradientHighwayUnit"]

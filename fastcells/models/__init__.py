@@ -12,6 +12,7 @@ from .conv_tt import ConvTTNet
 from .e_convlstm import EnhancedConvLSTM, temporal_consistency_loss
 from .mim import MIM
 from .predrnn import PredRNN, decoupling_term, reshape_patch, reshape_patch_back
+from .predrnn_pp import PredRNNpp
 from .profile import count_flops, count_params, profile
 from .pyramid import PyramidForecaster
 from .registry import (create, describe, list_models, list_presets, preset_config,
@@ -28,6 +29,7 @@ __all__ = [
     "Forecaster",
     "MIM",
     "PredRNN",
+    "PredRNNpp",
     "PyramidForecaster",
     "RMTCell",
     "RMTState",

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
+from ..cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell,
+                     SpatioTemporalLSTMCell)
 
 CELLS = {
     "convlstm": ConvLSTMCell,
     "mklstm": MKLSTMCell,
     "convttlstm": ConvTTLSTMCell,
     "stlstm": SpatioTemporalLSTMCell,
+    "causal_lstm": CausalLSTMCell,
 }
 
 

@@ -17,6 +17,11 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
 - ``mim``: ``"mmnist"``/``"taxibj"`` as PredRNN's MS-LSTM-paper presets; ``"openstl_mmnist"``
   is OpenSTL's Moving MNIST setting (4 layers of 128, kernel 5, patch 4, 10 -> 10, with the
   diff modules' unused ``conv_last``): 38.0M parameters and 179.2 GFLOPs, as its table.
+- ``predrnn_pp``: ``"mmnist"``/``"taxibj"`` in the MS-LSTM paper's setting (as ``predrnn``);
+  ``"openstl_mmnist"`` is OpenSTL's Moving MNIST configuration (configs/mmnist/PredRNNpp.py:
+  4 layers of 128, kernel 5, patch 4, no embedding, 10 -> 10, with the causal cells'
+  never-called ``conv_o`` that OpenSTL builds): 38.6M parameters and 171.7 GFLOPs, as
+  OpenSTL's benchmark table prints.
 - ``e_convlstm``: seed 000 gives no sizes; its ``"mmnist"``/``"taxibj"`` presets use the
   MS-LSTM paper's ConvLSTM configuration plus attention and dropout 0.3.
 - ``rmt``: seed 000 gives no sizes either; its presets are small enough to learn on a CPU
@@ -45,6 +50,7 @@ from .conv_tt import ConvTTNet
 from .e_convlstm import EnhancedConvLSTM
 from .mim import MIM
 from .predrnn import PredRNN
+from .predrnn_pp import PredRNNpp
 from .pyramid import PyramidForecaster
 from .rmt import RecurrentMemoryTransformer
 from .stacked import StackedForecaster
@@ -109,6 +115,12 @@ _MODELS: dict[str, _Entry] = {
                          _ms_presets(kernel_size=3, embed=True),
                          "PredRNN-v2: PredRNN + memory decoupling loss (+ reverse scheduled "
                          "sampling in training)"),
+    "predrnn_pp": _Entry(PredRNNpp, {},
+                         {**_ms_presets(kernel_size=3, embed=True),
+                          "openstl_mmnist": dict(_MMNIST, hidden_size=128, num_layers=4,
+                                                 kernel_size=5, patch_size=4,
+                                                 unused_conv_o=True)},
+                         "PredRNN++: causal LSTM stack, gradient highway unit, zigzag memory"),
     "sms_lstm": _Entry(PyramidForecaster, {"cell": "convlstm"},
                        _ms_presets(kernel_size=3),
                        "ConvLSTM cells in MS-LSTM's mirrored pyramid"),
