@@ -411,3 +411,11 @@ def test_cli_train_resume_eval_predict(tmp_path):
     assert len(result["mse_per_frame_curve"]) == 2 and 0 < result["ssim"] <= 1
     assert cli(["predict", "--checkpoint", ckpt, "--num", "1", "--out", str(tmp_path / "p")]) == 0
     assert sorted(os.listdir(tmp_path / "p")) == ["sequence_000.gif", "sequence_000.png"]
+    # other lengths than the run's (trained 2 -> 2): 1 given -> 5 predicted
+    assert cli(["eval", "--checkpoint", ckpt, "--batch-size", "4", "--batches", "1",
+                "--input-len", "1", "--pred-len", "5"]) == 0
+    result = json.load(open(os.path.join(out, "eval.json")))
+    assert (result["input_len"], result["pred_len"], len(result["ssim_curve"])) == (1, 5, 5)
+    assert cli(["predict", "--checkpoint", ckpt, "--num", "1", "--input-len", "3", "--pred-len",
+                "4", "--out", str(tmp_path / "q")]) == 0
+    assert os.path.getsize(tmp_path / "q" / "sequence_000.gif") > 0
