@@ -3,9 +3,9 @@
     fastcells demo                      train ms_lstm on synthetic data, report fused vs reference
     fastcells train --model convlstm --preset mmnist --steps 300 --out runs/convlstm
     fastcells train --out runs/convlstm --resume          continue exactly where it stopped
-    fastcells eval --checkpoint runs/convlstm/last.pt
+    fastcells eval --checkpoint runs/convlstm/last.pt [--input-len 2 --pred-len 28]
     fastcells predict --checkpoint runs/convlstm/last.pt --num 4
-    fastcells bench [--quick]           kernel and training-cost benchmarks (python -m fastcells.bench)
+    fastcells bench [--quick]           kernel and training-cost benchmarks (fastcells.bench)
     fastcells info                      backends, versions, devices
 
 Every field of :class:`fastcells.train.TrainConfig` is a ``train`` option
@@ -147,8 +147,10 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_run(checkpoint: str, data: str | None, device: str):
-    """Model (EMA weights when the run kept them), config and validation set of a run."""
+def _load_run(checkpoint: str, data: str | None, device: str, input_len: int | None = None,
+              pred_len: int | None = None):
+    """Model (EMA weights when the run kept them), config and validation set of a run,
+    with sequences of ``input_len + pred_len`` frames (default: the run's lengths)."""
 
     from . import data as fc_data
     from . import models
@@ -163,12 +165,28 @@ def _load_run(checkpoint: str, data: str | None, device: str):
                           **models.without_ignored_overrides(cfg.model, cfg.model_args))
     model.load_state_dict(saved["ema"] if saved.get("ema") else saved["model"])
     model.to(device).eval()
-    input_len = cfg.input_len or model.input_len
-    pred_len = cfg.pred_len or model.pred_len
+    _check_lengths(model, cfg.model, input_len, pred_len)
+    input_len = input_len or cfg.input_len or model.input_len
+    pred_len = pred_len or cfg.pred_len or model.pred_len
     dataset = run_dataset(cfg, model, input_len + pred_len, data)
     if data is None or data == cfg.data:  # the run's own validation split
         _, dataset = fc_data.split(dataset, cfg.val_fraction, cfg.seed)
     return model, cfg, dataset, input_len, pred_len
+
+
+def _check_lengths(model, name: str, input_len: int | None, pred_len: int | None) -> None:
+    """--input-len / --pred-len against what the model can do: a recurrent model reads any
+    number of frames and rolls out any number; VDT samples clip after clip (each reading at
+    most its input_len last frames); STLight reads exactly its input_len frames."""
+    from .models import STLight
+
+    for flag, value in (("--input-len", input_len), ("--pred-len", pred_len)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"{flag}: expected an int >= 1, got {value!r}")
+    if isinstance(model, STLight) and input_len is not None and input_len != model.input_len:
+        raise ValueError(f"--input-len: {name} reads exactly its input_len = {model.input_len} "
+                         f"frames (its first layer is built for them), got {input_len}")
 
 
 def cmd_eval(args) -> int:
@@ -185,7 +203,8 @@ def cmd_eval(args) -> int:
         unwritable = e
         print(f"fastcells eval: warning: {e}; the metrics will only be printed",
               file=sys.stderr)
-    model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
+    model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device,
+                                                       args.input_len, args.pred_len)
     device = next(model.parameters()).device
     lpips = (LPIPS(args.lpips_weights, net=args.lpips_net).to(device)
              if args.lpips_weights else None)
@@ -194,6 +213,7 @@ def cmd_eval(args) -> int:
                             device, args.batches, progress=True,
                             thresholds=args.thresholds, lpips=lpips, fvd=fvd,
                             fvd_videos=args.fvd_videos)
+    result = {"input_len": input_len, "pred_len": pred_len, **result}  # what was evaluated
     print(strict_dumps({k: v for k, v in result.items() if not k.endswith("_curve")}))
     if unwritable is not None:
         raise unwritable
@@ -212,12 +232,13 @@ def cmd_predict(args) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                    "predictions")
     _writable_dir(out, "the predictions")
-    model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device)
+    model, _, dataset, input_len, pred_len = _load_run(args.checkpoint, args.data, args.device,
+                                                       args.input_len, args.pred_len)
     device = next(model.parameters()).device
     count = min(args.num, len(dataset))
-    for i in range(count):
+    for i in range(count):  # a sampling model's noise: reset once, then new for each sequence
         png, gif = write_predictions(model, dataset[i], input_len, pred_len, device, out,
-                                     name=f"sequence_{i:03d}")
+                                     name=f"sequence_{i:03d}", reset=i == 0)
         print(f"wrote {png} and {gif}")
     if count < args.num:
         print(f"fastcells predict: wrote {count} of the {args.num} sequences asked for: the "
@@ -291,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", help="a dataset spec (default: the run's validation split)")
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
         p.add_argument("--out", help="output directory (default: next to the checkpoint)")
+        p.add_argument("--input-len", type=positive_int, default=None,
+                       help="given frames per sequence, >= 1 (default: the run's); recurrent "
+                            "models read any number, VDT conditions each clip on at most its "
+                            "input_len last ones, STLight needs its own")
+        p.add_argument("--pred-len", type=positive_int, default=None,
+                       help="frames to predict, >= 1 (default: the run's); any number: "
+                            "recurrent models roll out, VDT samples clip after clip, STLight "
+                            "runs again on its latest frames")
         if name == "eval":
             p.add_argument("--batch-size", type=positive_int, default=8,
                            help="sequences per batch, >= 1 (default %(default)s)")

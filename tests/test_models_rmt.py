@@ -188,6 +188,37 @@ def test_truncated_bptt_reaches_exactly_k_segments_back(k, sampled):
     assert grad[:, 6].abs().sum() == 0  # the last frame is only a target
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["zeros", "mixed", "random"])
+def test_truncated_bptt_also_cuts_fed_back_predictions(k, kind):
+    """9 frames, 8 steps, segments of 2: steps (0, 1) (2, 3) (4, 5) (6, 7). With a sampling
+    mask below 1 the first step of a segment reads the previous segment's prediction, whose
+    graph reaches every older segment: it is cut where the memory is, so the last segment's
+    loss reaches exactly the last k segments for every mask (all zeros: only predictions are
+    read after step 0). Inside them, frame t has a gradient exactly where step t reads it
+    (mask > 0)."""
+    model = tiny(bptt_depth=k)
+    x = frames_like(1, 9).requires_grad_()
+    gen = torch.Generator().manual_seed(k)
+    mask = {"zeros": torch.zeros(1, 7, dtype=torch.float64),
+            "mixed": torch.tensor([[1.0, 0, 1, 0, 0, 1, 0]], dtype=torch.float64),
+            "random": torch.rand(1, 7, generator=gen, dtype=torch.float64)}[kind]
+    out = model.forward_train(x, mask)
+    (grad,) = torch.autograd.grad(out.predictions[:, 6:].square().sum(), [x])
+    reads = [None] + [bool(mask[0, t - 1] > 0) for t in range(1, 8)]
+    for t in range(8):
+        if t // 2 < 4 - k:  # an older segment: nothing, whatever the mask
+            assert grad[:, t].abs().sum() == 0, (t, grad.abs().sum((0, 2, 3, 4)))
+        else:
+            assert (grad[:, t].abs().sum() > 0) == reads[t], (t, reads)
+    assert grad[:, 8].abs().sum() == 0  # only a target
+    # the autoregressive rollout with gradients follows the same rule: 3 given frames and
+    # 6 predicted are 8 steps; the given frames are read in segments 0 and 1 (steps 0..2)
+    given = x[:, :3].detach().requires_grad_()
+    (grad,) = torch.autograd.grad(model(given, pred_len=6)[:, -2:].square().sum(), [given])
+    assert [bool(grad[:, t].abs().sum() > 0) for t in range(3)] == [False, False, k >= 3]
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_truncated_gradients_equal_the_public_recurrence(k):
     """The same gradients as the official recurrence with its detach assigned (frames and
@@ -380,3 +411,11 @@ def test_cli_train_resume_eval_predict(tmp_path):
     assert len(result["mse_per_frame_curve"]) == 2 and 0 < result["ssim"] <= 1
     assert cli(["predict", "--checkpoint", ckpt, "--num", "1", "--out", str(tmp_path / "p")]) == 0
     assert sorted(os.listdir(tmp_path / "p")) == ["sequence_000.gif", "sequence_000.png"]
+    # other lengths than the run's (trained 2 -> 2): 1 given -> 5 predicted
+    assert cli(["eval", "--checkpoint", ckpt, "--batch-size", "4", "--batches", "1",
+                "--input-len", "1", "--pred-len", "5"]) == 0
+    result = json.load(open(os.path.join(out, "eval.json")))
+    assert (result["input_len"], result["pred_len"], len(result["ssim_curve"])) == (1, 5, 5)
+    assert cli(["predict", "--checkpoint", ckpt, "--num", "1", "--input-len", "3", "--pred-len",
+                "4", "--out", str(tmp_path / "q")]) == 0
+    assert os.path.getsize(tmp_path / "q" / "sequence_000.gif") > 0

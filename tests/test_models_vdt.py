@@ -15,7 +15,7 @@ from torch import nn
 import fastcells.models as M
 from fastcells.cli import main as cli
 from fastcells.models.diffusion import GaussianDiffusion, linear_betas, spaced_timesteps
-from fastcells.models.vdt import TASKS, VDT, Attention, VDTDenoiser, sincos_2d
+from fastcells.models.vdt import TASKS, VDT, Attention, VDTDenoiser, _call_seed, sincos_2d
 
 from .models_helpers import one_thread  # noqa: F401 (fixture)
 from .public import vdt as official
@@ -100,6 +100,18 @@ def test_respacing_keeps_the_cumulative_products():
     for bad in (0, 1001, 2.5, True):
         with pytest.raises(ValueError, match="steps: expected an int in \\[1, 1000\\]"):
             d.respaced(bad)
+
+
+def test_respacing_picks_the_official_timesteps():
+    """The official accumulated-float positions (round(i * stride) picks another timestep
+    for 278 of the 999 counts of 1000 steps, e.g. 21: 500 instead of the official 499)."""
+    for count in (2, 21, 31, 35, 50, 100, 250, 999):
+        assert set(spaced_timesteps(1000, count)) == official.OfficialDiffusion.space(1000, count)
+    assert spaced_timesteps(1000, 21)[10] == 499
+    differs = [c for c in range(2, 1001)
+               if spaced_timesteps(1000, c) != sorted(official.OfficialDiffusion.space(1000, c))]
+    assert differs == []
+    assert all(len(set(spaced_timesteps(200, c))) == c for c in range(1, 201))  # distinct
 
 
 def test_ddim_with_eta_1_is_the_posterior_step_and_eta_0_its_mean():
@@ -288,11 +300,41 @@ def test_ddim_eta_0_is_deterministic_and_ddpm_follows_its_seed():
     assert not torch.allclose(a, run(1, sampler="ddim", eta=0.0, steps=4))  # another x_T
     assert torch.equal(run(0, sampler="ddpm", steps=4), run(0, sampler="ddpm", steps=4))
     assert not torch.allclose(run(0, sampler="ddpm", steps=4), run(0, sampler="ddim", steps=4))
-    # forward: the model's defaults and a fixed seed; the global RNG is left alone
+    # forward: the model's defaults, noise seeded by (sample_seed, calls since a reset); the
+    # global RNG is left alone
     state = torch.get_rng_state()
-    assert torch.equal(model(given), model(given)) and model(given).shape == (2, 3, 2, 12, 8)
+    first, second = model(given), model(given)  # a new model starts reset
+    assert first.shape == (2, 3, 2, 12, 8) and not torch.allclose(first, second)
+    model.reset_sampling()
+    assert torch.equal(model(given), first) and torch.equal(model(given), second)
     assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(model(given), run(0))  # sample_seed 0, DDIM eta 0, 4 steps
+    assert torch.equal(first, run(_call_seed(0, 0))) and torch.equal(second, run(_call_seed(0, 1)))
+    assert len({_call_seed(seed, call) for seed in range(20) for call in range(20)}) == 400
+
+
+def test_evaluation_gives_each_batch_new_noise_and_repeats(tmp_path):
+    """evaluate_model resets the sampling noise: batches of the same frames get different
+    samples (not one noise for every batch, which correlates the samples and biases FVD),
+    and evaluating again gives the same samples and metrics."""
+    from fastcells.train import evaluate_model, write_predictions
+
+    model = tiny(num_frames=5, frame_size=(16, 12))  # SSIM's window needs 11x11
+    sequence = torch.rand(5, 2, 16, 12)
+    samples, sample = [], model.sample
+    model.sample = lambda *a, **k: samples.append(sample(*a, **k)) or samples[-1]
+    first = evaluate_model(model, [sequence] * 3, 2, 3, 1, "cpu")
+    assert len(samples) == 3
+    assert not torch.allclose(samples[0], samples[1]) and not torch.allclose(samples[1],
+                                                                              samples[2])
+    model(sequence[None, :2])  # whatever ran in between
+    again = evaluate_model(model, [sequence] * 3, 2, 3, 1, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(samples[:3], samples[4:]))
+    assert again == first
+    # fastcells predict: reset for the first sequence, then new noise for each
+    for i in range(3):
+        write_predictions(model, sequence, 2, 3, "cpu", str(tmp_path), name=f"seq_{i}",
+                          reset=i == 0)
+    assert [torch.equal(a, b) for a, b in zip(samples[7:], samples[:3])] == [True] * 3
 
 
 def test_long_rollouts_run_clip_by_clip():
@@ -339,6 +381,26 @@ def test_task_masks():
     assert 0.68 < share < 0.82 and ((draws == 1).all(1) | (draws[:, 0] == 0)).all()
 
 
+def test_spatial_task_refuses_grids_where_no_block_fits():
+    """BEiT's blocks are strictly smaller than the grid and cover about spatial_mask_ratio
+    of it: with a grid side of one patch, or a target under one patch, every spatial mask
+    would be empty (zero loss), so construction refuses it while the task is drawn. On a
+    small grid where blocks fit, an empty draw is drawn again."""
+    for changes, grid in (({"frame_size": (16, 8), "patch_size": 8}, "2x1"),
+                          ({"frame_size": (4, 16), "patch_size": 4}, "1x4"),
+                          ({"spatial_mask_ratio": 0.1}, "3x2")):
+        with pytest.raises(ValueError, match=f"task_probs: the 'spatial' task .* this {grid} "
+                                             f"grid .* none fits"):
+            M.create("vdt", **{**TINY, **changes})
+        with pytest.raises(ValueError, match="none fits"):
+            M.create("vdt", **{**TINY, **changes}, task_probs={"spatial": 1, "predict": 1})
+        M.create("vdt", **{**TINY, **changes}, task_probs={"predict": 1, "backward": 1})
+    # a 3x2 grid: one BEiT draw in two fits no block; 10 frames: s .. T - e is never empty
+    small = M.create("vdt", **TINY, num_frames=10)
+    masks = small.task_mask("spatial", 200, torch.Generator().manual_seed(0))
+    assert (masks.sum(dim=(1, 2, 3, 4)) > 0).all()
+
+
 # -- latent diffusion -------------------------------------------------------------------------
 class TinyAutoencoder(nn.Module):
     """2x down, 3 latent channels; decode is a fixed upsampling of a 1x1 convolution."""
@@ -376,6 +438,72 @@ def test_latent_space_of_a_given_autoencoder():
     assert model(frames[:, :2]).shape == (2, 3, 2, 16, 8)
     with pytest.raises(TypeError, match="autoencoder: expected an object with encode"):
         M.create("vdt", **TINY, autoencoder=nn.Linear(2, 2))
+
+
+def test_the_frozen_autoencoder_is_not_part_of_the_model_state():
+    """The user's frozen autoencoder is in neither state_dict() nor parameters(): a
+    checkpoint holds the denoiser and loads strictly into a model built with the same
+    autoencoder (as the trainer and CLI rebuild it); it moves and casts with the model,
+    and copies (the EMA's) share it. Legacy state dicts with its keys still load."""
+    import copy
+
+    ae = TinyAutoencoder()
+    config = {**TINY, "frame_size": (16, 8), "patch_size": 2}
+    model = M.create("vdt", **config, autoencoder=ae)
+    assert not [k for k in model.state_dict() if k.startswith("autoencoder")]
+    assert not {id(p) for p in ae.parameters()} & {id(p) for p in model.parameters()}
+    assert M.count_params(model) == M.count_params(model.denoiser)
+    assert model.autoencoder is ae and copy.deepcopy(model).autoencoder is ae
+    fresh = M.create("vdt", **config, autoencoder=TinyAutoencoder())
+    fresh.load_state_dict(model.state_dict())  # strict
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))
+    legacy = {**model.state_dict(), **{f"autoencoder.{k}": v for k, v in ae.state_dict().items()}}
+    fresh.load_state_dict(legacy)
+    model.double()
+    assert ae.enc.weight.dtype == torch.float64 and model._like().dtype == torch.float64
+    assert model(torch.rand(1, 2, 2, 16, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+class ScriptableAutoencoder(nn.Module):
+    """A TorchScript-able autoencoder: 2x down to 3 latent channels, 1x1 and 2x up back."""
+
+    def __init__(self, channels: int = 1):
+        super().__init__()
+        self.enc = nn.Conv2d(channels, 3, 2, stride=2)
+        self.dec = nn.Conv2d(3, channels, 1)
+
+    @torch.jit.export
+    def encode(self, x):
+        return self.enc(x)
+
+    @torch.jit.export
+    def decode(self, z):
+        return F.interpolate(self.dec(z), scale_factor=2.0)
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+def test_autoencoder_from_a_torchscript_file(tmp_path):
+    path = str(tmp_path / "ae.pt")
+    ae = ScriptableAutoencoder(2)
+    torch.jit.save(torch.jit.script(ae), path)
+    model = M.create("vdt", **{**TINY, "frame_size": (16, 8), "patch_size": 2},
+                     autoencoder=path, latent_scale=0.5)
+    frames = torch.rand(2, 5, 2, 16, 8)
+    assert model.latent_channels == 3 and model.latent_size == (8, 4)
+    assert torch.allclose(model.encode(frames), 0.5 * ae.encode(frames.flatten(0, 1))
+                          .reshape(2, 5, 3, 8, 4), atol=1e-6)
+    assert not model.autoencoder.training and not any(
+        p.requires_grad for p in model.autoencoder.parameters())
+    with pytest.raises(FileNotFoundError, match="autoencoder: file .*missing.pt"):
+        M.create("vdt", **TINY, autoencoder=str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="autoencoder: .*junk.pt' is not a TorchScript"):
+        M.create("vdt", **TINY, autoencoder=str(tmp_path / "junk.pt"))
+    torch.jit.save(torch.jit.script(nn.Conv2d(2, 3, 1)), str(tmp_path / "conv.pt"))
+    with pytest.raises(TypeError, match="autoencoder: expected an object with encode"):
+        M.create("vdt", **TINY, autoencoder=str(tmp_path / "conv.pt"))
 
 
 # -- presets, profiling, inputs, errors -------------------------------------------------------
@@ -454,7 +582,10 @@ def test_non_contiguous_and_channels_last_inputs():
         assert not v.is_contiguous()
         torch.manual_seed(0)
         assert torch.allclose(model.training_loss(v), want, rtol=1e-6)
-        assert torch.allclose(model(v[:, :2]), model(frames[:, :2]), atol=1e-6)
+        model.reset_sampling()
+        got = model(v[:, :2])
+        model.reset_sampling()
+        assert torch.allclose(got, model(frames[:, :2]), atol=1e-6)
 
 
 def test_errors_name_the_argument():
@@ -478,6 +609,12 @@ def test_errors_name_the_argument():
         M.create("vdt", **TINY, task_probs={"predict": 0})
     with pytest.raises(TypeError, match="num_frames: expected an int"):
         M.create("vdt", **TINY, num_frames="8")
+    with pytest.raises(TypeError, match="learn_sigma: expected true or false, got 'yes'"):
+        M.create("vdt", **TINY, learn_sigma="yes")
+    with pytest.raises(TypeError, match="clip_denoised: expected true, false or None"):
+        M.create("vdt", **TINY, clip_denoised=1)
+    with pytest.raises(ValueError, match="sample_seed: expected an int >= 0"):
+        M.create("vdt", **TINY, sample_seed=-1)
     model = tiny()
     with pytest.raises(ValueError, match="mask: VDT draws its own task masks"):
         model.forward_train(torch.rand(1, 5, 2, 12, 8), torch.ones(1, 3))
@@ -493,6 +630,21 @@ def test_errors_name_the_argument():
         model.sample(torch.rand(1, 2, 2, 12, 8), 2, steps=0)
     with pytest.raises(ValueError, match="given: .*expected"):
         model.sample(torch.rand(1, 2, 3, 12, 8), 2)
+
+
+def test_trainer_refuses_frame_losses_on_noise_predictions(tmp_path):
+    from fastcells.train import TrainConfig, Trainer
+
+    base = dict(model="vdt", preset="mmnist", num_sequences=8, batch_size=2, steps=1,
+                model_args={"frame_size": 32, "patch_size": 8, "hidden_size": 8, "depth": 1,
+                            "num_heads": 2, "input_len": 2, "pred_len": 2})
+    for losses, named in (({"l1_weight": 0.5}, "l1_weight=0.5"),
+                          ({"temporal_weight": 0.1}, "temporal_weight=0.1"),
+                          ({"l1_weight": 1.0, "temporal_weight": 0.2},
+                           "l1_weight=1.0, temporal_weight=0.2")):
+        cfg = TrainConfig(**base, **losses, out_dir=str(tmp_path / "run"))
+        with pytest.raises(ValueError, match=f"{named}: vdt trains on its diffusion loss"):
+            Trainer(cfg, progress=False)
 
 
 def test_cli_train_resume_eval_predict(tmp_path):
@@ -521,4 +673,32 @@ def test_cli_train_resume_eval_predict(tmp_path):
     result = json.load(open(os.path.join(out, "eval.json")))
     assert len(result["ssim_curve"]) == 2 and math.isfinite(result["mse_per_frame"])
     assert cli(["predict", "--checkpoint", ckpt, "--num", "1", "--out", str(tmp_path / "p")]) == 0
+    assert sorted(os.listdir(tmp_path / "p")) == ["sequence_000.gif", "sequence_000.png"]
+
+
+def test_cli_latent_run_with_an_autoencoder_file_and_other_lengths(tmp_path):
+    """--model-arg autoencoder=PATH: train, resume, eval and predict rebuild the latent model
+    from the run's config, the checkpoint holds no autoencoder weights; eval and predict
+    take other lengths than the run's (1 given -> 5 predicted: two clips)."""
+    ae_path = str(tmp_path / "ae.pt")
+    torch.jit.save(torch.jit.script(ScriptableAutoencoder(1)), ae_path)
+    out = str(tmp_path / "latent")
+    args = ["train", "--model", "vdt", "--preset", "mmnist", "--model-arg", "frame_size=32",
+            "--model-arg", f"autoencoder={ae_path}", "--model-arg", "patch_size=4",
+            "--model-arg", "hidden_size=8", "--model-arg", "depth=1", "--model-arg",
+            "num_heads=2", "--model-arg", "sample_steps=2", "--model-arg", "input_len=2",
+            "--model-arg", "pred_len=2", "--num-sequences", "12", "--batch-size", "4",
+            "--eval-every", "2", "--checkpoint-every", "2", "--eval-batches", "1", "--out", out]
+    assert cli(args + ["--steps", "2"]) == 0
+    assert cli(args + ["--steps", "3", "--resume"]) == 0
+    saved = torch.load(os.path.join(out, "last.pt"), weights_only=False)
+    assert saved["step"] == 3 and not [k for k in saved["model"] if "autoencoder" in k]
+    assert saved["config"]["model_args"]["autoencoder"] == ae_path
+    ckpt = os.path.join(out, "last.pt")
+    assert cli(["eval", "--checkpoint", ckpt, "--batch-size", "2", "--batches", "1",
+                "--input-len", "1", "--pred-len", "5"]) == 0
+    result = json.load(open(os.path.join(out, "eval.json")))
+    assert (result["input_len"], result["pred_len"], len(result["ssim_curve"])) == (1, 5, 5)
+    assert cli(["predict", "--checkpoint", ckpt, "--num", "1", "--pred-len", "3", "--out",
+                str(tmp_path / "p")]) == 0
     assert sorted(os.listdir(tmp_path / "p")) == ["sequence_000.gif", "sequence_000.png"]

@@ -278,6 +278,28 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert cli(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
 
 
+def test_eval_lengths_are_checked_against_the_model():
+    """fastcells eval/predict --input-len/--pred-len: any lengths for a recurrent model,
+    STLight only its own input_len (its first layer reads exactly that many frames)."""
+    from fastcells import models
+    from fastcells.cli import _check_lengths
+
+    rnn = models.create("convlstm", preset="mmnist", hidden_size=4, num_layers=1)
+    _check_lengths(rnn, "convlstm", 2, 28)
+    stlight = models.create("stlight", frame_channels=1, dim=8, depth=1, input_len=3,
+                            pred_len=2)
+    _check_lengths(stlight, "stlight", 3, 7)
+    _check_lengths(stlight, "stlight", None, 7)
+    with pytest.raises(ValueError, match="--input-len: stlight reads exactly its input_len = 3 "
+                                         "frames"):
+        _check_lengths(stlight, "stlight", 2, None)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="--pred-len: expected an int >= 1"):
+            _check_lengths(rnn, "convlstm", 3, bad)
+    with pytest.raises(SystemExit):  # argparse: an int >= 1
+        cli(["eval", "--checkpoint", "x.pt", "--pred-len", "0"])
+
+
 def test_console_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "fastcells", "info"], capture_output=True,
                           text=True, timeout=120)

@@ -33,8 +33,9 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
   ``"vdt_s2"``/``"vdt_l2"`` are the published VDT-S/2 (depth 12, width 384, 6 heads) and
   VDT-L/2 (depth 28, width 1152, 16 heads) with patch 2 and learned variance, on seed 002's
   Cityscapes setting (3x128x128, 8 given + 8 predicted frames): as published, pass
-  ``autoencoder=`` (an f8 VAE with 4 latent channels: the network then reads 4x16x16
-  latents); without one they run in pixel space.
+  ``autoencoder=`` (an f8 VAE with 4 latent channels, as an object or the path of a
+  TorchScript file: the network then reads 4x16x16 latents); without one they run in pixel
+  space.
 """
 from __future__ import annotations
 

@@ -16,6 +16,12 @@ time (booydar/LM-RMT, booydar/recurrent-memory-transformer ``MemoryCell`` and
   the last segment has gradients w.r.t. frames of the last ``k`` segments and none before);
   ``k = -1`` is full BPTT. (One public version calls ``memory.detach()`` without assigning
   the result, which detaches nothing; here the detached tensor is the one passed on.)
+  The memory is not the only path back: when a step reads the model's own prediction
+  (scheduled sampling with a mask < 1, or the autoregressive rollout), the first step of a
+  segment reads a prediction made in the previous segment, whose graph reaches every older
+  segment. So where the memory is detached, that fed-back prediction is detached too, and
+  the rule holds for every sampling mask. (The official code feeds nothing back: language
+  modelling reads true tokens only.)
 
 For video (our reading; seed 000 gives no design): a frame (C, H, W) becomes
 ``(H/p) (W/p)`` patch tokens (a linear map of each p x p patch) plus a fixed 2D sin-cos
@@ -292,7 +298,8 @@ class RecurrentMemoryTransformer(RecurrentForecaster):
         memory_size: m, memory tokens.
         segment_len: s, frames per segment.
         bptt_depth: k >= 1 segments of truncated BPTT (counted back from the last segment of
-            the training sequence), or -1 for full BPTT.
+            the training sequence; the memory and any fed-back prediction entering an older
+            segment are detached), or -1 for full BPTT.
         checkpoint: recompute in backward instead of storing activations: each segment of
             a teacher-forced ``forward_train`` (``mask=None``), each frame step otherwise.
         frame_size, input_len, pred_len: as for every model.
@@ -376,6 +383,22 @@ class RecurrentMemoryTransformer(RecurrentForecaster):
             cell_state = self.cell(tokens, cell_state, num_segments)
         prediction = self.unembed(cell_state.output, frame.shape[-2], frame.shape[-1])
         return prediction, (cell_state, num_segments), None
+
+    def _rollout(self, first: Tensor, num_steps: int, pick, need_aux: bool):
+        # Truncated BPTT must also cut the predictions fed back across its boundary: the
+        # first step of a segment whose entering memory is detached reads (with a sampling
+        # mask < 1, or in an autoregressive rollout) the previous segment's last prediction,
+        # whose graph runs through every older segment. Detaching it there keeps the rule
+        # "gradients reach exactly bptt_depth segments back" for every mask.
+        s = self.cell.segment_len
+        num_segments = math.ceil(num_steps / s)
+
+        def cut(t, previous):
+            if t % s == 0 and self.cell.detaches_before(t // s, num_segments):
+                previous = previous.detach()
+            return pick(t, previous)
+
+        return super()._rollout(first, num_steps, cut, need_aux)
 
     def forward_train(self, frames: Tensor, mask: Tensor | None = None) -> TrainOutput:
         if mask is not None:  # steps read predictions: one frame at a time

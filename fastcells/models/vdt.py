@@ -36,12 +36,16 @@ and VDT's unified mask modelling into a zoo model (:class:`~fastcells.models.For
   zoo models, ``predictions`` estimate noise, not frames.)
 - ``sample(given, pred_len, steps, sampler, eta)`` predicts frames by DDPM or DDIM
   sampling; ``generate(frames, mask, ...)`` fills any masked positions of a clip (any task);
-  ``forward(frames, pred_len)`` is ``sample`` with the model's default sampler, steps and a
-  fixed seed, so evaluation is repeatable and leaves torch's global RNG alone.
+  ``forward(frames, pred_len)`` is ``sample`` with the model's default sampler and steps,
+  its noise seeded by ``sample_seed`` and the count of calls since ``reset_sampling()``:
+  the batches of an evaluation get independent noise, an evaluation that starts with a
+  reset (``evaluate_model`` does) is repeatable, and torch's global RNG is left alone.
 - Pixel space by default (frames in [0, 1] are mapped to [-1, 1]); or the latent space of
   an ``autoencoder`` you pass, with ``encode(frames) -> latents`` and ``decode(latents) ->
   frames`` on (N, C, H, W) frames in [0, 1], latents multiplied by ``latent_scale`` (0.18215
-  for Stable Diffusion's VAE). It is frozen and kept in eval mode.
+  for Stable Diffusion's VAE). It is frozen, kept in eval mode and not part of the model's
+  ``state_dict`` or parameters (checkpoints hold the denoiser only); the trainer and CLI
+  take it as the path of a TorchScript file (``--model-arg autoencoder=PATH``).
 
 Task masks (ones = to generate), drawn per sample with probabilities ``task_probs`` (the
 official mix by default: ``spatial`` 0.2, the six temporal tasks 0.8 / 6 each):
@@ -52,14 +56,19 @@ masked with probability ``mlm_ratio``), ``spatial`` (BEiT-style rectangular bloc
 ``spatial_mask_ratio`` of the frame, on frames ``s .. T - e`` with s, e drawn in 0..3).
 Differences from the official generator: masks are drawn per sample (it draws one per
 batch); the spatial blocks are drawn on the patch grid (it draws them on the latent grid,
-one patch of VDT-*/2 being 2x2 latent cells); and its ``mask[s:-e]``, which masks no frame
-when e = 0, is ``mask[s:T - e]`` here.
+one patch of VDT-*/2 being 2x2 latent cells); its ``mask[s:-e]``, which masks no frame
+when e = 0, is ``mask[s:T - e]`` here; and a draw of blocks that fits none (possible on a
+small grid only) is drawn again (up to 100 times). A grid on which no block fits, or hardly
+any (a side of one patch, ``spatial_mask_ratio`` under one patch), is refused at
+construction while the spatial task has a probability.
 """
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -67,6 +76,11 @@ from torch import Tensor, nn
 from .._checks import check_int
 from .diffusion import SAMPLERS, GaussianDiffusion
 from .rollout import Forecaster, TrainOutput
+
+# draws of the spatial task's blocks before an empty mask is accepted (small grids only:
+# on 4x4 patches or more a draw practically always fits a block; construction refuses a grid
+# on which these draws may still come out empty)
+_SPATIAL_DRAWS = 100
 
 TASKS = ("predict", "backward", "interpolate", "unconditional", "single_frame",
          "random_frames", "spatial")
@@ -252,8 +266,67 @@ class _OneStep(nn.Module):
 
 
 # -- the zoo model -----------------------------------------------------------------------------
+class _Frozen:
+    """Holds the frozen autoencoder outside the module tree; copies of the model (the EMA's)
+    share it instead of duplicating a network that never changes."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _load_autoencoder(autoencoder):
+    """None, an object with ``encode``/``decode``, or the path of a TorchScript file of a
+    module with ``encode`` and ``decode`` methods (what ``--model-arg autoencoder=PATH``
+    gives); returned frozen and in eval mode."""
+    if autoencoder is None:
+        return None
+    if isinstance(autoencoder, (str, os.PathLike)):
+        path = os.fspath(autoencoder)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"autoencoder: file {path!r} not found (a TorchScript "
+                                    f"module with encode and decode methods)")
+        try:
+            autoencoder = torch.jit.load(path, map_location="cpu")
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"autoencoder: {path!r} is not a TorchScript archive (torch.jit."
+                             f"save of a torch.jit.script-ed module whose encode and decode "
+                             f"are @torch.jit.export methods): "
+                             f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+    for name in ("encode", "decode"):
+        if not callable(getattr(autoencoder, name, None)):
+            raise TypeError(f"autoencoder: expected an object with encode(frames) and "
+                            f"decode(latents), got {type(autoencoder).__name__} without "
+                            f"{name}()")
+    if isinstance(autoencoder, nn.Module):
+        for p in autoencoder.parameters():  # (a ScriptModule has no requires_grad_)
+            p.requires_grad_(False)
+        autoencoder.eval()
+    return autoencoder
+
+
+def _drop_autoencoder_keys(state_dict, prefix, local_metadata, strict, missing_keys,
+                           unexpected_keys, error_msgs):
+    # state dicts saved while the autoencoder was a submodule hold its (frozen) weights;
+    # the model no longer stores them
+    for key in [k for k in state_dict if k.startswith(prefix + "autoencoder.")]:
+        del state_dict[key]
+
+
+def _call_seed(sample_seed: int, call: int) -> int:
+    """A 64-bit seed for ``forward``'s call ``call``: numpy's SeedSequence of the pair, so
+    different (seed, call) pairs give unrelated streams."""
+    return int(np.random.SeedSequence([sample_seed, call]).generate_state(1, np.uint64)[0])
+
+
 class VDT(Forecaster):
     """VDT: a video diffusion transformer with unified mask modelling.
+
+    ``forward_train``'s predictions estimate the diffusion's noise, not frames
+    (``predicts_noise``): the trainer refuses frame losses (``l1_weight``,
+    ``temporal_weight``) on them.
 
     Args:
         frame_channels, frame_size: the frames' C and (H, W) (required: the position
@@ -276,10 +349,18 @@ class VDT(Forecaster):
         task_probs: {task: probability} of the training masks (module doc; normalised, tasks
             left out have probability 0); default the official mix.
         spatial_mask_ratio, mlm_ratio, interpolation_step: the tasks' settings (0.5, 0.8, 4).
-        autoencoder, latent_scale: a frozen autoencoder for latent diffusion (module doc).
-        sample_seed: seed of ``forward``'s noise.
+        autoencoder, latent_scale: a frozen autoencoder for latent diffusion (module doc):
+            an object with ``encode``/``decode``, or the path of a TorchScript file of one
+            (``torch.jit.save`` of a scripted module with ``@torch.jit.export`` encode and
+            decode), which is how a config or ``--model-arg autoencoder=PATH`` names it.
+            It is not part of the model's ``state_dict`` or ``parameters()``: a checkpoint
+            holds the trained denoiser only, and loading one needs the same autoencoder
+            again (a run's config keeps the path: use an absolute one, and keep the file).
+        sample_seed: seed of ``forward``'s noise (an int >= 0; :meth:`reset_sampling`).
         backend: accepted for the zoo's uniform interface (no recurrent cell here).
     """
+
+    predicts_noise = True  # forward_train's predictions are noise estimates (see above)
 
     def __init__(self, frame_channels: int, frame_size=None, input_len: int = 10,
                  pred_len: int = 10, num_frames: int | None = None, patch_size: int = 2,
@@ -306,6 +387,12 @@ class VDT(Forecaster):
                              f"frames and at least one to predict, got {num_frames}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
+        if not isinstance(learn_sigma, bool):
+            raise TypeError(f"learn_sigma: expected true or false, got {learn_sigma!r}")
+        if clip_denoised is not None and not isinstance(clip_denoised, bool):
+            raise TypeError(f"clip_denoised: expected true, false or None (clip in pixel "
+                            f"space only), got {clip_denoised!r}")
+        check_int("sample_seed", sample_seed, minimum=0)
         for name, value, low, high in (("eta", eta, 0.0, math.inf),
                                        ("spatial_mask_ratio", spatial_mask_ratio, 0.0, 1.0),
                                        ("mlm_ratio", mlm_ratio, 0.0, 1.0),
@@ -329,16 +416,15 @@ class VDT(Forecaster):
         self.spatial_mask_ratio, self.mlm_ratio = float(spatial_mask_ratio), float(mlm_ratio)
         self.interpolation_step = interpolation_step
         self.sample_seed = int(sample_seed)
+        self.reset_sampling()
         self.latent_scale = float(latent_scale)
-        self.autoencoder = autoencoder
+        # Kept outside the module tree: the autoencoder is the user's, frozen, not trained,
+        # so it is in neither parameters() (optimizers, EMA, DDP, parameter counts) nor
+        # state_dict() (a checkpoint holds what training changed; the autoencoder comes
+        # back from the same argument, e.g. a file path in the run's config). _apply moves
+        # and casts it with the model.
+        self._frozen = _Frozen(_load_autoencoder(autoencoder))
         if autoencoder is not None:
-            for name in ("encode", "decode"):
-                if not callable(getattr(autoencoder, name, None)):
-                    raise TypeError(f"autoencoder: expected an object with encode(frames) and "
-                                    f"decode(latents), got {type(autoencoder).__name__} without "
-                                    f"{name}()")
-            if isinstance(autoencoder, nn.Module):
-                autoencoder.requires_grad_(False).eval()
             latent_c, latent_hw = self._probe_latent()
         else:
             latent_c, latent_hw = frame_channels, self.frame_size
@@ -347,12 +433,60 @@ class VDT(Forecaster):
         self.denoiser = VDTDenoiser(latent_c, latent_hw, num_frames, patch_size, hidden_size,
                                     depth, num_heads, mlp_ratio, learn_sigma)
         self.diffusion = GaussianDiffusion(num_steps=diffusion_steps, learn_sigma=learn_sigma)
+        self._check_spatial_task()
+        self._register_load_state_dict_pre_hook(_drop_autoencoder_keys)
+
+    @property
+    def autoencoder(self):
+        """The frozen autoencoder (None in pixel space); not a submodule (see __init__)."""
+        return self._frozen.module
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if isinstance(self.autoencoder, nn.Module):  # .to(), .cuda(), .double(), ...
+            self.autoencoder._apply(fn)
+        return self
 
     def train(self, mode: bool = True):
         super().train(mode)
         if isinstance(self.autoencoder, nn.Module):
             self.autoencoder.eval()  # frozen: its batch norms and dropouts stay in eval mode
         return self
+
+    def _check_spatial_task(self) -> None:
+        """The spatial task's blocks are strictly smaller than the patch grid and cover about
+        ``spatial_mask_ratio`` of it (BEiT's rule): on a grid with a side of 1, or for a
+        target under one patch, no block fits and every spatial mask would be empty, i.e.
+        those samples would train on nothing; on some tiny grids a block fits too rarely
+        for the redraws (20 test masks, a fixed seed, find an empty one). Refused, not
+        drawn silently."""
+        if "spatial" not in self.task_probs:
+            return
+        gh, gw = self.denoiser.grid
+        target = self.spatial_mask_ratio * gh * gw
+        # no block fits for certain; else try: 20 masks of up to _SPATIAL_DRAWS draws each
+        # (a grid where a draw fits one in a few, 2x2 at ratio 0.5, always passes)
+        fits = min(gh, gw) >= 2 and target >= 1
+        if fits:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            fits = all(self._spatial_blocks(gen).any() for _ in range(20))
+        if not fits:
+            raise ValueError(
+                f"task_probs: the 'spatial' task masks rectangles of patches strictly smaller "
+                f"than the patch grid, about spatial_mask_ratio={self.spatial_mask_ratio} of "
+                f"it; on this {gh}x{gw} grid ({target:.3g} patches) none fits (or hardly "
+                f"any), so spatial masks would be empty (zero loss). Give 'spatial' "
+                f"probability 0 in task_probs, or use a smaller patch_size or another "
+                f"spatial_mask_ratio")
+
+    def _spatial_blocks(self, gen) -> Tensor:
+        """The spatial task's blocks on the patch grid, drawn again while a draw fits none."""
+        grid = self.denoiser.grid
+        for _ in range(_SPATIAL_DRAWS):
+            blocks = _block_mask(grid, self.spatial_mask_ratio * grid[0] * grid[1], gen)
+            if blocks.any():
+                break
+        return blocks
 
     # -- data <-> diffusion space ---------------------------------------------------------------
     @torch.no_grad()
@@ -419,8 +553,7 @@ class VDT(Forecaster):
         elif task == "random_frames":
             frames = (torch.rand(t_len, generator=gen) < self.mlm_ratio).float()
         else:  # spatial
-            grid = self.denoiser.grid
-            blocks = _block_mask(grid, self.spatial_mask_ratio * grid[0] * grid[1], gen)
+            blocks = self._spatial_blocks(gen)
             p = self.denoiser.patch_size
             blocks = blocks.repeat_interleave(p, 0).repeat_interleave(p, 1)
             start, end = (int(v) for v in torch.randint(4, (2,), generator=gen))
@@ -541,13 +674,25 @@ class VDT(Forecaster):
             have = torch.cat([have, new], dim=1)
         return torch.cat(outputs, dim=1)
 
+    def reset_sampling(self) -> None:
+        """Restarts the noise of :meth:`forward`: its call ``n`` after a reset (0, 1, ...)
+        draws from a generator seeded by ``(sample_seed, n)``, so successive calls (the
+        batches of an evaluation) get independent noise, and a sequence of calls that starts
+        with a reset gives the same frames every time. ``evaluate_model`` (so the trainer's
+        validation and ``fastcells eval``) and ``fastcells predict`` reset it first; a new
+        model starts reset."""
+        self._sample_calls = 0
+
     def forward(self, frames: Tensor, pred_len: int | None = None) -> Tensor:
         """frames (B, T_in, C, H, W) -> (B, N, C, H, W): :meth:`sample` with the model's
-        sampler and steps and noise from a generator seeded with ``sample_seed`` (the same
-        call gives the same frames; torch's global RNG is untouched)."""
+        sampler and steps, and noise from a generator seeded by ``sample_seed`` and the
+        number of calls since :meth:`reset_sampling` (repeatable from a reset, independent
+        across calls; torch's global RNG is untouched)."""
         gen = torch.Generator(device=frames.device if isinstance(frames, Tensor) else "cpu")
-        gen.manual_seed(self.sample_seed)
-        return self.sample(frames, pred_len, generator=gen)
+        gen.manual_seed(_call_seed(self.sample_seed, self._sample_calls))
+        out = self.sample(frames, pred_len, generator=gen)
+        self._sample_calls += 1
+        return out
 
     # -- profiling ------------------------------------------------------------------------------
     def flop_target(self, input_shape, pred_len: int | None = None):
@@ -603,13 +748,14 @@ def _block_mask(grid: tuple[int, int], target: float, gen, min_patches: int = 4,
                 min_aspect: float = 0.3) -> Tensor:
     """BEiT's block-wise masking on a (gh, gw) grid: rectangles of random area (at least
     ``min_patches``) and aspect ratio (``min_aspect`` .. 1 / ``min_aspect``) until about
-    ``target`` cells are masked. Randomness from ``gen`` (torch)."""
+    ``target`` cells are masked. Randomness from ``gen`` (torch), on the CPU (whatever the
+    default device, e.g. "meta" while a model is built without memory)."""
     gh, gw = grid
-    mask = torch.zeros(gh, gw)
+    mask = torch.zeros(gh, gw, device="cpu")
     log_lo, log_hi = math.log(min_aspect), math.log(1 / min_aspect)
 
     def uniform(lo, hi):
-        return lo + (hi - lo) * float(torch.rand(1, generator=gen))
+        return lo + (hi - lo) * float(torch.rand(1, generator=gen, device="cpu"))
 
     count = 0
     while count < target:
@@ -621,8 +767,8 @@ def _block_mask(grid: tuple[int, int], target: float, gen, min_patches: int = 4,
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))
             if 0 < w < gw and 0 < h < gh:
-                top = int(torch.randint(gh - h + 1, (1,), generator=gen))
-                left = int(torch.randint(gw - w + 1, (1,), generator=gen))
+                top = int(torch.randint(gh - h + 1, (1,), generator=gen, device="cpu"))
+                left = int(torch.randint(gw - w + 1, (1,), generator=gen, device="cpu"))
                 new = h * w - int(mask[top:top + h, left:left + w].sum())
                 if 0 < new <= budget:
                     mask[top:top + h, left:left + w] = 1

@@ -7,6 +7,14 @@ from torch import nn
 from ..metrics import MetricTracker
 
 
+def reset_sampling(model: nn.Module) -> None:
+    """Restarts the noise of a model whose forward samples (VDT's ``reset_sampling``), so
+    the predictions that follow are the same every time; nothing for the other models."""
+    reset = getattr(model, "reset_sampling", None)
+    if callable(reset):
+        reset()
+
+
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, input_len: int, pred_len: int, batch_size: int,
                    device, max_batches: int | None = None, progress: bool = False,
@@ -17,7 +25,9 @@ def evaluate_model(model: nn.Module, dataset, input_len: int, pred_len: int, bat
     per predicted frame (``<name>_curve``), for ``model`` reading ``input_len`` frames and
     predicting ``pred_len``; predictions are clipped to the data range [0, 1] first, as
     thuml's test loop does. Sequences are taken in order, ``batch_size`` at a time
-    (``max_batches`` caps them).
+    (``max_batches`` caps them). A sampling model (VDT) has its noise reset first
+    (:func:`reset_sampling`): each batch gets its own noise, and the evaluation is the
+    same every time it runs.
 
     With an :class:`fastcells.metrics.FVD` as ``fvd`` (reset here first), ``"fvd"`` is the
     Fréchet video distance between the real sequences and the predicted ones over every
@@ -31,6 +41,7 @@ def evaluate_model(model: nn.Module, dataset, input_len: int, pred_len: int, bat
 
     was_training = model.training
     model.eval()
+    reset_sampling(model)
     n = len(dataset)
     starts = list(range(0, n, batch_size))[:max_batches]
     tracker = MetricTracker(thresholds=thresholds, lpips=lpips)

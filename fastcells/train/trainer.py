@@ -39,7 +39,7 @@ from . import checkpoint as ckpt_io
 from . import plots
 from .config import TrainConfig
 from .ema import EMA
-from .evaluate import evaluate_model
+from .evaluate import evaluate_model, reset_sampling
 from .logs import RunLog
 from .rundir import RunLock, remove_orphan_saves
 from .schedules import lr_factor, make_scheduler
@@ -167,6 +167,16 @@ class Trainer:
             raise ValueError(f"temporal_weight: {cfg.model} adds the temporal-consistency loss "
                              f"itself (weight {self.model.loss_weights['temporal_consistency']}); "
                              f"leave temporal_weight at 0")
+        if getattr(self.model, "predicts_noise", False):
+            # l1/temporal terms compare predicted frames; a diffusion model's training
+            # predictions are noise estimates, on which they are no objective of the model
+            given = [f"{name}={getattr(cfg, name)}" for name in ("l1_weight", "temporal_weight")
+                     if getattr(cfg, name)]
+            if given:
+                raise ValueError(f"{', '.join(given)}: {cfg.model} trains on its diffusion loss "
+                                 f"(forward_train predicts the noise, not frames), so frame "
+                                 f"losses do not apply; leave l1_weight and temporal_weight "
+                                 f"at 0")
         self.input_len = cfg.input_len or self.model.input_len
         self.pred_len = cfg.pred_len or self.model.pred_len
         self._set_checkpoint_layers(cfg.checkpoint_layers)
@@ -456,11 +466,16 @@ class Trainer:
 
 @torch.no_grad()
 def write_predictions(model: nn.Module, sequence: torch.Tensor, input_len: int, pred_len: int,
-                      device, out_dir: str, name: str = "predictions") -> tuple[str, str]:
+                      device, out_dir: str, name: str = "predictions",
+                      reset: bool = True) -> tuple[str, str]:
     """PNG strip (input / truth / prediction) and GIF (truth | prediction) of one sequence
-    (T, C, H, W); returns their paths."""
+    (T, C, H, W); returns their paths. ``reset``: restart a sampling model's noise first
+    (:func:`~fastcells.train.evaluate.reset_sampling`; False continues it, so several
+    sequences drawn in a row get independent noise)."""
     was_training = model.training
     model.eval()
+    if reset:
+        reset_sampling(model)
     frames = sequence[None].to(device)
     pred = model(frames[:, :input_len], pred_len=pred_len)[0].float().cpu().numpy()
     model.train(was_training)
