@@ -9,6 +9,7 @@ from torch import nn
 
 from ..cells import MKLSTMCell
 from .dropin import (
+    PROBE_SHAPE,
     DropIn,
     Family,
     Skip,
@@ -68,7 +69,7 @@ def convert(module: nn.Module, backend: str, memory_efficient: bool = False):
 
 
 def run(module: nn.Module, gen: torch.Generator) -> list:
-    b, h, w, C = 2, 5, 7, module._output_channel
+    b, h, w, C = *PROBE_SHAPE, module._output_channel
     out, hiddens = module(randn(gen, b, module._input_channel, h, w),
                           [randn(gen, b, C, h, w) for _ in range(3)])
     return [out, *hiddens]
