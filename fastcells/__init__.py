@@ -1,7 +1,8 @@
 """fastcells: fused kernels for convolutional recurrent cells.
 
 Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRNN),
-:class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM).
+:class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM), and
+:class:`SplitConvLSTMCell` (ConvLSTM in OpenSTL's weight layout).
 Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
 :class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
@@ -9,7 +10,8 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model zoo built on them.
 """
 from .backends import available_backends
-from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
+from .cells import (ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell,
+                    SplitConvLSTMCell)
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
@@ -17,7 +19,7 @@ from . import data, metrics, models, utils  # noqa: E402  (subpackages the READM
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
+    "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell", "SplitConvLSTMCell",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",
 ]

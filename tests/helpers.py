@@ -19,6 +19,9 @@ CELL_CONFIGS = {
     "mklstm_1_3": (fc.MKLSTMCell, dict(kernel_sizes=(1, 3))),
     "convttlstm": (fc.ConvTTLSTMCell, {}),
     "convttlstm_lags": (fc.ConvTTLSTMCell, dict(order=2, steps=4, rank=3, kernel_size=3)),
+    # the no-LayerNorm path is the same gate code; tests/test_patch_families.py runs it
+    "split_convlstm_bias_ln": (fc.SplitConvLSTMCell, dict(bias=True, layer_norm=True,
+                                                          forget_bias=1.0)),
 }
 
 

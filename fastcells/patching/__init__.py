@@ -12,7 +12,9 @@ Recognised (:data:`FAMILIES`):
 - thuml/predrnn-pytorch ``SpatioTemporalLSTMCell`` (current and older releases, and the
   PredRNN-v2 cell that also returns ``delta_c, delta_m``)
 - NVlabs/conv-tt-lstm ``ConvLSTMCell`` and ``ConvTTLSTMCell``
-- mazhf/MS-RNN ``MK_LSTM_Cell``
+- mazhf/MS-RNN ``MK_LSTM_Cell`` and ``ConvLSTM_Cell``
+- chengtan9907/OpenSTL ``ConvLSTMCell``, ``SpatioTemporalLSTMCell`` (thuml's),
+  ``SpatioTemporalLSTMCellv2`` (thuml's PredRNN-v2 cell) and PhyDNet's ``PhyD_ConvLSTM_Cell``
 
 A module with one of these class names whose structure differs (gate count, stride,
 dilation, padding, kernels, normalization, ...) or whose forward computes something else is
@@ -32,11 +34,12 @@ from torch import nn
 
 from .. import backends
 from ..cells.base import CellBase
-from . import msrnn, ndrplz, nvlabs, thuml
+from . import msrnn, ndrplz, nvlabs, openstl, thuml
 from .dropin import DropIn, Family, Skip, is_drop_in, verify
 
 FAMILIES: tuple[Family, ...] = (ndrplz.FAMILY, nvlabs.CONVLSTM, nvlabs.CONVTTLSTM, thuml.FAMILY,
-                                msrnn.FAMILY)
+                                msrnn.FAMILY, openstl.CONVLSTM, openstl.PREDRNN_V2,
+                                openstl.PHYD_CONVLSTM, msrnn.CONVLSTM)
 _CLASS_NAMES = {f.class_name for f in FAMILIES}
 
 

@@ -1,13 +1,18 @@
-"""mazhf/MS-RNN ``MK_LSTM_Cell(input_channel, output_channel, b_h_w, kernel_size, stride,
-padding)``: ``forward(x, hiddens) -> (output, [h, c_3, c_5])``, zeros when ``hiddens`` is
-None. Its h2h and c2o convolutions read ``input_channel`` channels, so the cell only runs
-with ``input_channel == output_channel``."""
+"""mazhf/MS-RNN's cells, all ``Cell(input_channel, output_channel, b_h_w, kernel_size, stride,
+padding)`` with biased convolutions; their hidden convolutions read ``input_channel``
+channels, so they only run with ``input_channel == output_channel``.
+
+- ``MK_LSTM_Cell``: ``forward(x, hiddens) -> (output, [h, c_3, c_5])``, zeros when
+  ``hiddens`` is None.
+- ``ConvLSTM_Cell`` (``models/convlstm.py``): ``forward(x, hiddens) -> (output, [h, c])``;
+  separate ``_conv_x2h``, ``_conv_h2h``, gate order i, f, g, o, no forget bias.
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..cells import MKLSTMCell
+from ..cells import MKLSTMCell, SplitConvLSTMCell
 from .dropin import (
     PROBE_SHAPE,
     DropIn,
@@ -46,10 +51,7 @@ class MSRNNMKLSTMCell(DropIn, MKLSTMCell):
 
 def convert(module: nn.Module, backend: str, memory_efficient: bool = False):
     required_attrs(module, (*_ALIASES, "_input_channel", "_output_channel"))
-    cin, C = int(module._input_channel), int(module._output_channel)
-    if cin != C:
-        raise Skip(f"input_channel {cin} != output_channel {C}: the original's h2h "
-                   f"convolution cannot read its own hidden state")
+    C = cin = _square_channels(module)
     convs = {name: getattr(module, name) for name in _ALIASES}
     kernels = {name: odd_square_kernel(m, name) for name, m in convs.items()}
     k3, k5 = kernels["_conv_x2h_3"], kernels["_conv_x2h_5"]
@@ -77,3 +79,61 @@ def run(module: nn.Module, gen: torch.Generator) -> list:
 
 FAMILY = Family("mazhf/MS-RNN MK_LSTM_Cell", "MK_LSTM_Cell",
                 ("_conv_x2h_3", "_conv_h2h_3", "_conv_x2h_5", "_conv_h2h_5"), convert, run)
+
+
+# -- ConvLSTM_Cell ------------------------------------------------------------------------------
+class MSRNNConvLSTMCell(DropIn, SplitConvLSTMCell):
+    """Drop-in for MS-RNN's ConvLSTM_Cell (``models/convlstm.py``): biased ``_conv_x2h``,
+    ``_conv_h2h``, gate order i, f, g, o, no forget bias."""
+
+    family = "mazhf/MS-RNN ConvLSTM_Cell"
+    _module_aliases = {"_conv_x2h": "conv_x.0", "_conv_h2h": "conv_h.0"}
+
+    def forward(self, x, hiddens):
+        """x (B, C, H, W); hiddens ``[h, c]`` each (B, C, H, W) or None (zeros of the size
+        given at construction). Returns ``(h, [h, c])``."""
+        self.check_input(x)
+        if hiddens is None:
+            # (the original makes float32 CUDA zeros; these follow x)
+            zeros = torch.zeros(x.shape[0], self._input_channel, self._state_height,
+                                self._state_width, dtype=x.dtype, device=x.device)
+            hiddens = (zeros, zeros)
+        h, c = self._run(x, self.check_state(tuple(hiddens), x))
+        return h, [h, c]
+
+
+def _square_channels(module: nn.Module) -> int:
+    """MS-RNN's hidden convolutions read ``input_channel`` channels: the cells only run with
+    ``input_channel == output_channel``."""
+    cin, C = int(module._input_channel), int(module._output_channel)
+    if cin != C:
+        raise Skip(f"input_channel {cin} != output_channel {C}: the original's h2h "
+                   f"convolution cannot read its own hidden state")
+    return C
+
+
+def convert_convlstm(module: nn.Module, backend: str, memory_efficient: bool = False):
+    names = tuple(MSRNNConvLSTMCell._module_aliases)
+    required_attrs(module, (*names, "_input_channel", "_output_channel"))
+    C = _square_channels(module)
+    convs = {name: getattr(module, name) for name in names}
+    kernels = {odd_square_kernel(m, name) for name, m in convs.items()}
+    if len(kernels) != 1:
+        raise Skip(f"_conv_x2h and _conv_h2h have different kernels {sorted(kernels)}")
+    for name, m in convs.items():
+        expect_channels(m, name, C, 4 * C)
+    return MSRNNConvLSTMCell.adopt(module, convs, backend, memory_efficient, input_size=C,
+                                   hidden_size=C, kernel_size=kernels.pop(),
+                                   bias=same_bias(convs))
+
+
+def run_convlstm(module: nn.Module, gen: torch.Generator) -> list:
+    b, h, w, C = *PROBE_SHAPE, module._output_channel
+    out, hiddens = module(randn(gen, b, module._input_channel, h, w),
+                          [randn(gen, b, C, h, w) for _ in range(2)])
+    return [out, *hiddens]
+
+
+CONVLSTM = Family("mazhf/MS-RNN ConvLSTM_Cell", "ConvLSTM_Cell",
+                  ("_conv_x2h", "_conv_h2h", "_input_channel", "_output_channel"),
+                  convert_convlstm, run_convlstm)
