@@ -14,7 +14,9 @@ CELL_CONFIGS = {
     "convlstm": (fc.ConvLSTMCell, {}),
     "convlstm_peephole": (fc.ConvLSTMCell, dict(peephole=True, forget_bias=1.0, kernel_size=5)),
     "stlstm": (fc.SpatioTemporalLSTMCell, {}),
-    "stlstm_bias_ln": (fc.SpatioTemporalLSTMCell, dict(bias=True, layer_norm=True)),
+    # forget bias 0: MS-RNN's PredRNN cells
+    "stlstm_bias_ln": (fc.SpatioTemporalLSTMCell, dict(bias=True, layer_norm=True,
+                                                       forget_bias=0.0)),
     "mklstm": (fc.MKLSTMCell, {}),
     "mklstm_1_3": (fc.MKLSTMCell, dict(kernel_sizes=(1, 3))),
     "convttlstm": (fc.ConvTTLSTMCell, {}),
