@@ -17,7 +17,7 @@ from fastcells.patching import DropIn, PatchWarning, convert
 
 from .conftest import requires_cpp
 from .helpers import assert_close, randomize
-from .public import msrnn_convlstm, openstl
+from .public import msrnn_convlstm, msrnn_predrnn, openstl
 
 B = 2
 
@@ -59,6 +59,10 @@ CASES = {
                        lambda m, x: m(x), ["lstm.0", "lstm.1"]),
     "msrnn_convlstm_k5": (lambda: msrnn_convlstm.ConvLSTM(2, 4, (1, 7, 9), 1, 5),
                           (1, 4, 2, 7, 9), lambda m, x: m(x), ["lstm.0"]),
+    "msrnn_predrnn": (lambda: msrnn_predrnn.PredRNN(3, 5, (B, 11, 9)), (B, 3, 3, 11, 9),
+                      lambda m, x: m(x), ["lstm.0", "lstm.1"]),
+    "msrnn_predrnn_v2_k5": (lambda: msrnn_predrnn.PredRNN(2, 4, (1, 7, 9), 2, 5, v2=True),
+                            (1, 3, 2, 7, 9), lambda m, x: m(x), ["lstm.0", "lstm.1"]),
 }
 BACKENDS = ["reference", pytest.param("cpp", marks=requires_cpp)]
 
@@ -111,7 +115,7 @@ def test_patched_model_matches_original(case, backend):
             assert_close(got_dp[name], want_dp[name], 1e-4, f"grad {name}")
 
 
-@pytest.mark.parametrize("case", ["openstl_convlstm", "msrnn_convlstm"])
+@pytest.mark.parametrize("case", ["openstl_convlstm", "msrnn_convlstm", "msrnn_predrnn_v2_k5"])
 def test_float64_patched_model_is_exact(case):
     original, patched, shape = _models(case, torch.float64)
     fastcells.patch(patched)
@@ -256,6 +260,19 @@ def _lookalikes():
             return self.gates(x_t, h_t, c_t, m_t)[:3] + (None,)
 
     items.append((SpatioTemporalLSTMCellv2(3, 4, 5, 5, 3, 1, False), "returns 4 values"))
+
+    class PredRNN_Cell(msrnn_predrnn.PredRNN_Cell):  # m shifted: another function
+        def step(self, x, m, hiddens):
+            return super().step(x, m + 0.1, hiddens)
+
+    items.append((PredRNN_Cell(4, 4, (1, 5, 5), 3, 1, 1), "computes something else"))
+    wide_last = msrnn_predrnn.PredRNN_V2_Cell(4, 4, (1, 5, 5), 3, 1, 1)
+    wide_last._conv_c_m = nn.Conv2d(8, 4, 3, padding=1)
+    items.append((wide_last, "_conv_c_m has kernel 3, expected 1"))
+    biasless = msrnn_predrnn.PredRNN_Cell(4, 4, (1, 5, 5), 3, 1, 1)
+    biasless._conv_m2o = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+    items.append((biasless, "mixed biases"))
+    items.append((msrnn_predrnn.PredRNN_Cell(3, 4, (1, 5, 5), 3, 1, 1), "input_channel 3 != "))
     return items
 
 

@@ -12,7 +12,7 @@ Recognised (:data:`FAMILIES`):
 - thuml/predrnn-pytorch ``SpatioTemporalLSTMCell`` (current and older releases, and the
   PredRNN-v2 cell that also returns ``delta_c, delta_m``)
 - NVlabs/conv-tt-lstm ``ConvLSTMCell`` and ``ConvTTLSTMCell``
-- mazhf/MS-RNN ``MK_LSTM_Cell`` and ``ConvLSTM_Cell``
+- mazhf/MS-RNN ``MK_LSTM_Cell``, ``ConvLSTM_Cell``, ``PredRNN_Cell`` and ``PredRNN_V2_Cell``
 - chengtan9907/OpenSTL ``ConvLSTMCell``, ``SpatioTemporalLSTMCell`` (thuml's),
   ``SpatioTemporalLSTMCellv2`` (thuml's PredRNN-v2 cell) and PhyDNet's ``PhyD_ConvLSTM_Cell``
 
@@ -39,7 +39,8 @@ from .dropin import DropIn, Family, Skip, is_drop_in, verify
 
 FAMILIES: tuple[Family, ...] = (ndrplz.FAMILY, nvlabs.CONVLSTM, nvlabs.CONVTTLSTM, thuml.FAMILY,
                                 msrnn.FAMILY, openstl.CONVLSTM, openstl.PREDRNN_V2,
-                                openstl.PHYD_CONVLSTM, msrnn.CONVLSTM)
+                                openstl.PHYD_CONVLSTM, msrnn.CONVLSTM, msrnn.PREDRNN,
+                                msrnn.PREDRNN_V2)
 _CLASS_NAMES = {f.class_name for f in FAMILIES}
 
 
