@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
+from ..cells import (ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell,
+                     SplitConvLSTMCell)
 
 CELLS = {
     "convlstm": ConvLSTMCell,
     "mklstm": MKLSTMCell,
     "convttlstm": ConvTTLSTMCell,
     "stlstm": SpatioTemporalLSTMCell,
+    "split_convlstm": SplitConvLSTMCell,  # OpenSTL's ConvLSTM layout
 }
 
 
