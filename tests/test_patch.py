@@ -360,7 +360,7 @@ def test_convert_and_patch_errors():
 def test_verify_false_converts_without_probe(monkeypatch):
     import fastcells.patching as patching
 
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise AssertionError("the probe ran")
 
     monkeypatch.setattr(patching, "verify", fail)

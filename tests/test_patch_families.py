@@ -287,3 +287,23 @@ def test_lookalikes_are_left_alone_and_reported():
         line = next(line for line in message.splitlines() if line.strip().startswith(f"{i} ("))
         assert reason in line, line
     assert len(record) == 1
+
+
+def test_probe_cuts_layer_norms_to_its_frame_size():
+    """The probe runs a LayerNorm'd cell on 3x4 frames (its copy's LayerNorms cut to that
+    size), not on the frame size they fix; the drop-in keeps that size."""
+    seen = []
+
+    class ConvLSTMCell(openstl.ConvLSTMCell):
+        def forward(self, x_t, h_t, c_t):
+            seen.append(tuple(x_t.shape))
+            return super().forward(x_t, h_t, c_t)
+
+    model = nn.ModuleList([ConvLSTMCell(16, 32, 16, 16, 5, 1, True)])
+    assert fastcells.patch(model) == ["0"]
+    assert seen == [(1, 16, 3, 4)] * 2 and model[0].spatial_size == (16, 16)
+    x, h, c = torch.randn(2, 16, 16, 16), torch.randn(2, 32, 16, 16), torch.randn(2, 32, 16, 16)
+    original = ConvLSTMCell(16, 32, 16, 16, 5, 1, True)
+    original.load_state_dict(model[0].state_dict())
+    for g, w in zip(model[0](x, h, c), original(x, h, c)):
+        assert_close(g, w, 1e-5)

@@ -81,7 +81,7 @@ def _convert(module, backend, verify_numerics, memory_efficient):
     family = _family(module)
     cell = family.convert(module, backend, memory_efficient)  # structure first: cheap
     if verify_numerics:
-        verify(module, family.convert, family.run)
+        verify(module, family.convert, family.run, small_norms=family.probe_small_norms)
     return cell
 
 

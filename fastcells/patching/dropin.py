@@ -211,13 +211,15 @@ class _DefaultDtype:
         torch.set_default_dtype(self.saved)
 
 
-def probe_copy(original: nn.Module, seed: int = 0) -> nn.Module:
+def probe_copy(original: nn.Module, seed: int = 0, small_norms: bool = False) -> nn.Module:
     """A float64 CPU copy of ``original`` with random weights (its own are never copied).
 
     Convolution weights get unit-variance pre-activations (1/sqrt(fan-in)) and vectors
     (biases, LayerNorm affines) 0.5: saturated gates (0.3-scaled weights over 128 channels
     gave pre-activations of std ~17) would hide a changed forward behind a flat sigmoid.
-    Call it inside the probe mode (no autograd)."""
+    Call it inside the probe mode (no autograd). ``small_norms``: LayerNorms over
+    (channels, H, W) of the copy normalize over (channels, 3, 4) at most (:class:`Family`'s
+    ``probe_small_norms``)."""
     gen = torch.Generator().manual_seed(seed)
     pool = torch.randn(_POOL, generator=gen, dtype=torch.float64)
     memo = {}
@@ -233,7 +235,18 @@ def probe_copy(original: nn.Module, seed: int = 0) -> nn.Module:
         for t in (value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(t, Tensor) and not isinstance(t, nn.Parameter):
                 memo[id(t)] = t.detach()
-    return copy.deepcopy(original, memo).to("cpu", torch.float64)
+    ref = copy.deepcopy(original, memo).to("cpu", torch.float64)
+    if small_norms:
+        h, w = PROBE_SHAPE[1:]
+        for norm in ref.modules():
+            if type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 3:
+                c, nh, nw = norm.normalized_shape
+                norm.normalized_shape = (c, min(nh, h), min(nw, w))
+                for name in ("weight", "bias"):
+                    p = getattr(norm, name)
+                    if p is not None:
+                        setattr(norm, name, nn.Parameter(p[:, :h, :w].clone()))
+    return ref
 
 
 def count_outputs(original: nn.Module, run) -> int:
@@ -260,7 +273,8 @@ def count_outputs(original: nn.Module, run) -> int:
 _META = [False]  # count_outputs is running: randn() makes meta tensors
 
 
-def verify(original: nn.Module, convert, run, tol: float = 1e-9) -> int:
+def verify(original: nn.Module, convert, run, tol: float = 1e-9,
+           small_norms: bool = False) -> int:
     """Runs ``original`` and its drop-in on the same random float64 inputs and weights.
 
     ``convert(module, backend)`` builds a drop-in; ``run(module, generator)`` calls a module
@@ -274,7 +288,7 @@ def verify(original: nn.Module, convert, run, tol: float = 1e-9) -> int:
     """
     try:
         with _ProbeMode():
-            ref = probe_copy(original)
+            ref = probe_copy(original, small_norms=small_norms)
             # The drop-in adopts ref's own submodules (no second copy: both only read them;
             # adopting leaves ref as it was, and ref's state attributes are copied).
             candidate = convert(ref, "reference")
@@ -345,6 +359,10 @@ class Family:
     markers: tuple[str, ...]
     convert: Callable
     run: Callable
+    # The cell's LayerNorms over (channels, H, W) may be cut to the probe's frame size in the
+    # probe copy (they fix the spatial size; 16x16 frames of 128 channels made float64 probes
+    # of seconds): for families whose forward reads H, W from nothing else.
+    probe_small_norms: bool = False
 
     def claims(self, module: nn.Module) -> bool:
         return (type(module).__name__ == self.class_name

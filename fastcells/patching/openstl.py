@@ -138,8 +138,8 @@ def run_phyd(module: nn.Module, gen: torch.Generator) -> list:
 
 CONVLSTM = Family("chengtan9907/OpenSTL ConvLSTMCell", "ConvLSTMCell",
                   ("num_hidden", "conv_x", "conv_h", "conv_o", "conv_last"), convert_convlstm,
-                  run_convlstm)
+                  run_convlstm, probe_small_norms=True)
 PREDRNN_V2 = Family("chengtan9907/OpenSTL SpatioTemporalLSTMCellv2", "SpatioTemporalLSTMCellv2",
-                    thuml.FAMILY.markers, thuml.convert, thuml.run)
+                    thuml.FAMILY.markers, thuml.convert, thuml.run, probe_small_norms=True)
 PHYD_CONVLSTM = Family("chengtan9907/OpenSTL PhyD_ConvLSTM_Cell", "PhyD_ConvLSTM_Cell",
                        ("input_dim", "hidden_dim", "conv"), convert_phyd, run_phyd)

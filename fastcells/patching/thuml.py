@@ -121,4 +121,5 @@ def _output_count(module: nn.Module) -> int:
 
 
 FAMILY = Family("thuml/predrnn-pytorch SpatioTemporalLSTMCell", "SpatioTemporalLSTMCell",
-                ("num_hidden", "conv_x", "conv_h", "conv_m", "conv_last"), convert, run)
+                ("num_hidden", "conv_x", "conv_h", "conv_m", "conv_last"), convert, run,
+                probe_small_norms=True)
