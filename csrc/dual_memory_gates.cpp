@@ -1,9 +1,9 @@
 // Fused first stage of the two cells that keep two memories beside one hidden state.
 //
 // ST-LSTM (PredRNN, CELLS.md section 2): memories c (temporal) and m (spatiotemporal)
-//   i = s(i_x + i_h)   f = s(f_x + f_h + 1)   g = tanh(g_x + g_h)   c = f c_prev + i g
-//   i'= s(i'_x + i_m)  f'= s(f'_x + f_m + 1)  g'= tanh(g'_x + g_m)  m = f' m_in + i' g'
-//   o_partial = o_x + o_h
+//   i = s(i_x + i_h)   f = s(f_x + f_h + b)   g = tanh(g_x + g_h)   c = f c_prev + i g
+//   i'= s(i'_x + i_m)  f'= s(f'_x + f_m + b)  g'= tanh(g'_x + g_m)  m = f' m_in + i' g'
+//   o_partial = o_x + o_h; the forget bias b is 1 in thuml's and OpenSTL's cells, 0 in MS-RNN's
 // MK-LSTM (MS-LSTM, CELLS.md section 3): memories c3 and c5, pre-activations z3, z5 in gate
 // order i, f, g, o; o_partial = o3 + o5.
 //
@@ -110,7 +110,8 @@ void copy_plane(const T* src, T* dst, int64_t hw) {
 
 std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Tensor& zh,
                                              const at::Tensor& zm, const at::Tensor& c_prev,
-                                             const at::Tensor& m_prev, bool return_deltas) {
+                                             const at::Tensor& m_prev, bool return_deltas,
+                                             double forget_bias) {
   const int64_t C = c_prev.size(1);
   check_planes(c_prev, "c_prev", C, c_prev);
   check_planes(m_prev, "m_prev", C, c_prev);
@@ -136,7 +137,7 @@ std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Ten
       dual_forward_plane<true, T>(gate3(X, b, ch, C), gate3(Hh, b, ch, C),
                             gate3(X, b, 3 * C + ch, C), gate3(M, b, ch, C),
                             X.at(b, 6 * C + ch), Hh.at(b, 3 * C + ch),
-                            CP.at(b, ch), MP.at(b, ch), T(1), CM.at(b, ch),
+                            CP.at(b, ch), MP.at(b, ch), T(forget_bias), CM.at(b, ch),
                             CM.at(b, C + ch), OP.at(b, ch), act1, act2, HW);
       if (return_deltas) {
         T* dc = D.at(b, ch);

@@ -17,7 +17,8 @@ std::vector<at::Tensor> convlstm_gates_backward(const at::Tensor& grad_h,
 
 std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Tensor& zh,
                                              const at::Tensor& zm, const at::Tensor& c_prev,
-                                             const at::Tensor& m_prev, bool return_deltas);
+                                             const at::Tensor& m_prev, bool return_deltas,
+                                             double forget_bias);
 std::vector<at::Tensor> stlstm_gates_backward(const at::Tensor& grad_cm,
                                               const at::Tensor& grad_o_partial,
                                               const c10::optional<at::Tensor>& grad_deltas,

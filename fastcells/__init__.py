@@ -3,7 +3,8 @@
 Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRNN),
 :class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM),
 :class:`CausalLSTMCell` and :class:`GradientHighwayUnit` (PredRNN++), :class:`MIMBlock`
-and :class:`MIMNCell` (MIM).
+and :class:`MIMNCell` (MIM), and :class:`SplitConvLSTMCell` (ConvLSTM in OpenSTL's
+weight layout).
 Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
 :class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
@@ -12,7 +13,7 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 """
 from .backends import available_backends
 from .cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, GradientHighwayUnit, MIMBlock,
-                    MIMNCell, MKLSTMCell, SpatioTemporalLSTMCell)
+                    MIMNCell, MKLSTMCell, SpatioTemporalLSTMCell, SplitConvLSTMCell)
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
@@ -23,6 +24,7 @@ __all__ = [
     "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell", "CausalLSTMCell",
     "GradientHighwayUnit",
     "MIMNCell", "MIMBlock",
+    "SplitConvLSTMCell",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",
 ]

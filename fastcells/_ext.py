@@ -1,8 +1,11 @@
 """Loading of the compiled CPU extension ``fastcells._C``.
 
-The extension is optional at import time: the package (and the reference backend) work
-without it. Code that needs it calls :func:`cpp_extension`, which raises an ImportError
-saying how to build it.
+The extension is optional: the package (and the reference backend) work without it. Code
+that needs it calls :func:`cpp_extension`, which raises an ImportError saying how to build it.
+
+Both compiled extensions are looked for when this module is imported (under a millisecond),
+not on a cell's first step: that step may be the one ``torch.compile`` traces, and dynamo
+cannot trace an import (``Unsupported: ... import_module`` with ``fullgraph=True``).
 """
 from __future__ import annotations
 
@@ -85,6 +88,11 @@ def cuda_extension():
     if _cuda_module is None:
         raise ImportError(f"{CUDA_BUILD_HINT}\n(import error: {_cuda_error})")
     return _cuda_module
+
+
+# Looked for now, before any tracing (see the module docstring).
+_load()
+_load_cuda()
 
 
 # ----------------------------------------------------------------------------- Triton

@@ -18,21 +18,18 @@ from .convlstm_gates import acc_dtype
 from .layout import launch_pointwise, load, new_like_layout, store, tile_offsets
 from .lstm_math import memory_update, memory_update_backward
 
-FORGET_BIAS = 1.0  # ST-LSTM's constant forget bias (CELLS.md section 2)
-
-
 @triton.jit
 def _stlstm_forward_kernel(zx, zh, zm, c_prev, m_prev, cm, o_partial, acts, deltas, C, P,
                            zx_sb, zx_sc, zx_sp, zh_sb, zh_sc, zh_sp, zm_sb, zm_sc, zm_sp,
                            cp_sb, cp_sc, cp_sp, mp_sb, mp_sc, mp_sp, cm_sb, cm_sc, cm_sp,
                            op_sb, op_sc, op_sp, a_sb, a_sc, a_sp, d_sb, d_sc, d_sp,
-                           FORGET: tl.constexpr, DELTAS: tl.constexpr, ACC: tl.constexpr,
+                           forget_bias, DELTAS: tl.constexpr, ACC: tl.constexpr,
                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     ch, p, mask, b = tile_offsets(C, P, BLOCK_C, BLOCK_P)
     zi = (load(zx, b, ch, p, mask, zx_sb, zx_sc, zx_sp, ACC)
           + load(zh, b, ch, p, mask, zh_sb, zh_sc, zh_sp, ACC))
     zf = (load(zx, b, ch + C, p, mask, zx_sb, zx_sc, zx_sp, ACC)
-          + load(zh, b, ch + C, p, mask, zh_sb, zh_sc, zh_sp, ACC) + FORGET)
+          + load(zh, b, ch + C, p, mask, zh_sb, zh_sc, zh_sp, ACC) + forget_bias)
     zg = (load(zx, b, ch + 2 * C, p, mask, zx_sb, zx_sc, zx_sp, ACC)
           + load(zh, b, ch + 2 * C, p, mask, zh_sb, zh_sc, zh_sp, ACC))
     cp = load(c_prev, b, ch, p, mask, cp_sb, cp_sc, cp_sp, ACC)
@@ -40,7 +37,7 @@ def _stlstm_forward_kernel(zx, zh, zm, c_prev, m_prev, cm, o_partial, acts, delt
     zi2 = (load(zx, b, ch + 3 * C, p, mask, zx_sb, zx_sc, zx_sp, ACC)
            + load(zm, b, ch, p, mask, zm_sb, zm_sc, zm_sp, ACC))
     zf2 = (load(zx, b, ch + 4 * C, p, mask, zx_sb, zx_sc, zx_sp, ACC)
-           + load(zm, b, ch + C, p, mask, zm_sb, zm_sc, zm_sp, ACC) + FORGET)
+           + load(zm, b, ch + C, p, mask, zm_sb, zm_sc, zm_sp, ACC) + forget_bias)
     zg2 = (load(zx, b, ch + 5 * C, p, mask, zx_sb, zx_sc, zx_sp, ACC)
            + load(zm, b, ch + 2 * C, p, mask, zm_sb, zm_sc, zm_sp, ACC))
     mp = load(m_prev, b, ch, p, mask, mp_sb, mp_sc, mp_sp, ACC)
@@ -172,7 +169,8 @@ def _mklstm_backward_kernel(gcc, gop, acts, c1_prev, c2_prev, dz1, dz2, dc1, dc2
     store(dc2, dcp2, b, ch, p, mask, dc2_sb, dc2_sc, dc2_sp)
 
 
-def stlstm_forward(launch, zx, zh, zm, c_prev, m_prev, return_deltas: bool):
+def stlstm_forward(launch, zx, zh, zm, c_prev, m_prev, return_deltas: bool,
+                   forget_bias: float = 1.0):
     """Returns ``(cm, o_partial, acts, deltas or an empty tensor)``."""
     C = c_prev.shape[1]
     cm, o_partial, acts = (new_like_layout(zx, 2 * C), new_like_layout(zx, C),
@@ -180,7 +178,7 @@ def stlstm_forward(launch, zx, zh, zm, c_prev, m_prev, return_deltas: bool):
     deltas = new_like_layout(zx, 2 * C) if return_deltas else zx.new_empty(0)
     launch_pointwise(launch, _stlstm_forward_kernel, (zx, zh, zm, c_prev, m_prev),
                      (cm, o_partial, acts, deltas if return_deltas else cm), C,
-                     FORGET=FORGET_BIAS, DELTAS=return_deltas, ACC=acc_dtype(zx.dtype))
+                     extra=(float(forget_bias),), DELTAS=return_deltas, ACC=acc_dtype(zx.dtype))
     return cm, o_partial, acts, deltas
 
 

@@ -14,7 +14,9 @@ CELL_CONFIGS = {
     "convlstm": (fc.ConvLSTMCell, {}),
     "convlstm_peephole": (fc.ConvLSTMCell, dict(peephole=True, forget_bias=1.0, kernel_size=5)),
     "stlstm": (fc.SpatioTemporalLSTMCell, {}),
-    "stlstm_bias_ln": (fc.SpatioTemporalLSTMCell, dict(bias=True, layer_norm=True)),
+    # forget bias 0: MS-RNN's PredRNN cells
+    "stlstm_bias_ln": (fc.SpatioTemporalLSTMCell, dict(bias=True, layer_norm=True,
+                                                       forget_bias=0.0)),
     "mklstm": (fc.MKLSTMCell, {}),
     "mklstm_1_3": (fc.MKLSTMCell, dict(kernel_sizes=(1, 3))),
     "convttlstm": (fc.ConvTTLSTMCell, {}),
@@ -23,6 +25,9 @@ CELL_CONFIGS = {
     "causal_lstm": (fc.CausalLSTMCell, dict(unused_conv_o=True)),
     "causal_lstm_bias_ln": (fc.CausalLSTMCell, dict(bias=True, layer_norm=True, forget_bias=0.0,
                                                     kernel_size=5)),
+    # the no-LayerNorm path is the same gate code; tests/test_patch_families.py runs it
+    "split_convlstm_bias_ln": (fc.SplitConvLSTMCell, dict(bias=True, layer_norm=True,
+                                                          forget_bias=1.0)),
 }
 
 

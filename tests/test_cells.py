@@ -142,7 +142,7 @@ def test_cell_float64(config):
 
 @requires_cpp
 @pytest.mark.parametrize("config", ["convlstm_peephole", "stlstm", "mklstm", "convttlstm_lags",
-                                    "causal_lstm"])
+                                    "causal_lstm", "split_convlstm_bias_ln"])
 def test_memory_efficient_gradcheck(config):
     """gradcheck through the recompute Function (inputs and state)."""
     (cell,) = make_cells(config, [("cpp", {"memory_efficient": True})], hidden=2,

@@ -43,3 +43,47 @@ def test_inductor_compiles_a_sequence_layer():
     x = torch.randn(1, 3, 3, 8, 8)
     out = torch.compile(layer, fullgraph=True)(x)[0]
     assert_close(out, ref(x)[0], RTOL[torch.float32])
+
+
+_FRESH_PROCESS = """
+import torch
+import fastcells as fc
+from tests.helpers import assert_close, randomize
+from tests.public import ndrplz
+
+torch.manual_seed(0)
+model = ndrplz.ConvLSTM(3, 5, (3, 3), 2, batch_first=True)
+randomize(model)
+patched = ndrplz.ConvLSTM(3, 5, (3, 3), 2, batch_first=True)
+patched.load_state_dict(model.state_dict())
+assert fc.patch(patched, backend="{backend}") == ["cell_list.0", "cell_list.1"]
+x = torch.randn(1, 3, 3, 7, 6)
+out = torch.compile(patched, fullgraph=True, backend="aot_eager")(x)[0][0]
+assert_close(out, model(x)[0][0], 1e-5, "patched model")
+
+cell = fc.SpatioTemporalLSTMCell(3, 4, backend="{backend}")
+ref = fc.SpatioTemporalLSTMCell(3, 4, backend="reference")
+ref.load_state_dict(cell.state_dict())
+x = torch.randn(2, 3, 5, 7)
+assert_close(torch.compile(cell, fullgraph=True, backend="aot_eager")(x)[0], ref(x)[0], 1e-5,
+             "cell")
+print("compiled")
+"""
+
+
+def test_fullgraph_in_a_fresh_process():
+    """The first step of a patched model or of a cell may be the one dynamo traces: nothing
+    fastcells does on it (the extension's lookup included) may be an import, which dynamo
+    refuses under fullgraph=True. Only a fresh process shows it (any earlier eager step
+    would have done the import). backend="auto": an explicit "cpp" looks the extension up at
+    construction, so only "auto" met the import in the traced step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "-c", _FRESH_PROCESS.format(backend="auto")],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]

@@ -155,6 +155,23 @@ def test_triton_half_precision_error_within_twice_eager(name, layout, dtype):
                 f"eager's {err_e:.2e}")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("forget_bias", [0.0, -0.75])
+def test_stlstm_forget_bias_matches_reference(backend, dtype, forget_bias):
+    """ST-LSTM's forget bias is an argument (1.0 by default, the other tests): 0 for MS-RNN's
+    PredRNN cells. Both memories' forget gates take it; outputs and every gradient."""
+    ref, fused = _fns("stlstm", backend)
+    xs, _ = _inputs("stlstm", 2, 5, 7, dtype, "channels_last")
+    outs = [flat_outputs(fn(*xs, True, forget_bias)) for fn in (ref, fused)]
+    grads = [torch.randn_like(o) for o in outs[0]]
+    g_ref, g_fused = (torch.autograd.grad(o, xs, grads) for o in outs)
+    for i, (a, e) in enumerate(zip([*outs[1], *g_fused], [*outs[0], *g_ref])):
+        assert_close(a, e, RTOL[dtype], f"tensor {i}")
+    default = flat_outputs(ref(*xs, True))
+    assert rel_error(default[0], outs[0][0]) > 1e-3  # the bias reaches the result
+
+
 @requires_cpp
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_unsupported_dtype_is_an_error(dtype):
@@ -179,7 +196,7 @@ def _op_samples(suffix=""):
         (f("convlstm_gates@"), (z.requires_grad_(), c.clone().requires_grad_(), None, 0.5)),
         (f("convlstm_gates@"), (z, c.clone().requires_grad_(), peep.requires_grad_(), 0.0)),
         (f("convlstm_gates@_backward"), (g, g, acts4, c, c, peep.detach())),
-        (f("stlstm_gates@"), (zx.requires_grad_(), zh, zm, c, c, True)),
+        (f("stlstm_gates@"), (zx.requires_grad_(), zh, zm, c, c, True, 0.0)),
         (f("stlstm_gates@_backward"), (acts2, g, acts2, acts6, c, c)),
         (f("stlstm_gates@_backward"), (acts2, g, None, acts6, c, c)),
         (f("mklstm_gates@"), (z, z.detach().clone().requires_grad_(), c, c)),

@@ -360,7 +360,7 @@ def test_convert_and_patch_errors():
 def test_verify_false_converts_without_probe(monkeypatch):
     import fastcells.patching as patching
 
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise AssertionError("the probe ran")
 
     monkeypatch.setattr(patching, "verify", fail)
@@ -448,3 +448,69 @@ def test_patched_model_pickles_and_deepcopies():
             assert isinstance(model.layers.b0l0, DropIn)
             assert_close(model(x), want, 1e-5)
     assert fastcells.unpatch(clone) == ["layers.b0l0", "layers.b0l1"]
+
+
+def test_unrecognised_recurrent_modules_are_reported():
+    """patch() is never silent: a model with nothing converted, and a cell of a family it
+    does not know (a recurrent class name holding convolutions), are in the PatchWarning;
+    a model class around converted cells is not."""
+    with pytest.warns(PatchWarning, match="converted nothing: no module of this Sequential"):
+        assert fastcells.patch(nn.Sequential(nn.Conv2d(3, 4, 3), nn.LSTM(4, 4))) == []
+
+    class MAUCell(nn.Module):  # an unknown family
+        def __init__(self):
+            super().__init__()
+            self.conv_t = nn.Sequential(nn.Conv2d(4, 12, 3, padding=1))
+
+    class ConvLSTM_Model(nn.Module):  # holds converted cells: not reported
+        def __init__(self):
+            super().__init__()
+            self.cell_list = nn.ModuleList([ndrplz.ConvLSTMCell(3, 4, (3, 3), True)])
+            self.conv_last = nn.Conv2d(4, 3, 1)
+
+    class MAU_RNN(nn.Module):  # reported through its cells, not itself
+        def __init__(self):
+            super().__init__()
+            self.cells = nn.ModuleList([MAUCell(), MAUCell()])
+            self.head = nn.Conv2d(4, 3, 1)
+
+    model = nn.ModuleDict({"convlstm": ConvLSTM_Model(), "mau": MAU_RNN()})
+    with pytest.warns(PatchWarning) as record:
+        assert fastcells.patch(model) == ["convlstm.cell_list.0"]
+    lines = str(record[0].message).splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "mau.cells.0 (MAUCell)", "mau.cells.1 (MAUCell)"]
+    assert all("looks like a recurrent cell" in line for line in lines)
+    with warnings.catch_warnings():  # patched already: nothing new to say
+        warnings.simplefilter("error")
+        fastcells.patch(nn.Sequential(fastcells.ConvLSTMCell(3, 4)))
+    with pytest.warns(PatchWarning, match=r"\(the model\) \(MAUCell\)"):
+        fastcells.patch(MAUCell())
+
+
+def test_probe_is_cheap_and_leaves_threads_alone():
+    """A 4-layer, 128-channel, kernel-5 PredRNN (OpenSTL's Moving MNIST configuration)
+    patches in well under a second with the probe on (0.6 s here; 12 s before the probe was
+    made small and single-threaded; the bound leaves room for a busy CI machine). The probe
+    runs on one thread and restores the thread count."""
+    import time
+
+    seen = []
+
+    class SpatioTemporalLSTMCell(thuml.SpatioTemporalLSTMCell):
+        def forward(self, *args):
+            if args[0].device.type != "meta":  # (the output count runs on shapes only)
+                seen.append((torch.get_num_threads(), args[0].shape[0], *args[0].shape[2:]))
+            return super().forward(*args)
+
+    class RNN(thuml.RNN):
+        cell_class = SpatioTemporalLSTMCell
+
+    model = RNN(4, [128] * 4, 16, 16, filter_size=5, input_length=10)
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    assert len(fastcells.patch(model)) == 4
+    elapsed = time.perf_counter() - start
+    assert torch.get_num_threads() == threads
+    assert elapsed < 6.0, f"patch() took {elapsed:.2f} s"
+    assert seen == [(1, 1, 3, 4)] * 4 * 2  # training and eval mode, one thread, small

@@ -3,9 +3,9 @@
 //
 // ST-LSTM (PredRNN, CELLS.md section 2). zx: 7C (i, f, g, i', f', g', o), zh: 4C (i, f, g, o),
 // zm: 3C (i', f', g'):
-//   c = s(f_x + f_h + 1) c_prev + s(i_x + i_h) tanh(g_x + g_h)
-//   m = s(f'_x + f_m + 1) m_prev + s(i'_x + i_m) tanh(g'_x + g_m)
-//   o_partial = o_x + o_h
+//   c = s(f_x + f_h + b) c_prev + s(i_x + i_h) tanh(g_x + g_h)
+//   m = s(f'_x + f_m + b) m_prev + s(i'_x + i_m) tanh(g'_x + g_m)
+//   o_partial = o_x + o_h      (forget bias b: 1 for thuml/OpenSTL, 0 for MS-RNN's cells)
 // MK-LSTM (MS-LSTM, CELLS.md section 3). z1, z2: 4C each (i, f, g, o), no forget bias:
 //   c1 = s(f1) c1_prev + s(i1) tanh(g1), c2 likewise, o_partial = o1 + o2
 //
@@ -18,8 +18,6 @@
 namespace fastcells {
 namespace cuda {
 
-constexpr float kSTLSTMForgetBias = 1.0f;  // thuml's _forget_bias
-
 template <typename T>
 struct STLSTMForward {
   using Acc = acc_t<T>;
@@ -27,18 +25,18 @@ struct STLSTMForward {
   Planes<const T> zx, zh, zm, c_prev, m_prev;
   Planes<T> cm, o_partial, acts;
   Planes<T> deltas;  // (i*g, i'*g') for PredRNN-v2; data == nullptr when not requested
+  Acc forget_bias;
 
   FC_HD void operator()(int64_t n) const {
     int64_t b, ch, p;
     idx.decompose(n, b, ch, p);
     const int64_t C = idx.channels;
-    const Acc one = kSTLSTMForgetBias;
     auto sum_x = [&](const Planes<const T>& other, int64_t gx, int64_t go) {
       return load(zx, b, gx * C + ch, p) + load(other, b, go * C + ch, p);
     };
-    const MemoryUpdate<Acc> u = memory_update(sum_x(zh, 0, 0), sum_x(zh, 1, 1) + one,
+    const MemoryUpdate<Acc> u = memory_update(sum_x(zh, 0, 0), sum_x(zh, 1, 1) + forget_bias,
                                               sum_x(zh, 2, 2), load(c_prev, b, ch, p));
-    const MemoryUpdate<Acc> v = memory_update(sum_x(zm, 3, 0), sum_x(zm, 4, 1) + one,
+    const MemoryUpdate<Acc> v = memory_update(sum_x(zm, 3, 0), sum_x(zm, 4, 1) + forget_bias,
                                               sum_x(zm, 5, 2), load(m_prev, b, ch, p));
     store(cm, b, ch, p, u.c);
     store(cm, b, C + ch, p, v.c);

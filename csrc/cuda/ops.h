@@ -220,7 +220,7 @@ template <class Runner>
 std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Tensor& zh,
                                              const at::Tensor& zm, const at::Tensor& c_prev,
                                              const at::Tensor& m_prev, bool return_deltas,
-                                             bool channels_last) {
+                                             double forget_bias, bool channels_last) {
   check_dims<Runner>(c_prev, "c_prev");
   const int64_t C = c_prev.size(1);
   check_planes<Runner>(c_prev, "c_prev", C, c_prev);
@@ -248,6 +248,7 @@ std::vector<at::Tensor> stlstm_gates_forward(const at::Tensor& zx, const at::Ten
     op.o_partial = planes<T>(o_partial);
     op.acts = planes<T>(acts);
     if (return_deltas) op.deltas = planes<T>(deltas);
+    op.forget_bias = static_cast<acc_t<T>>(forget_bias);
     run_elementwise<Runner>(op);
   });
   return {cm, o_partial, acts, deltas};

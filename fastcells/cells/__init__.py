@@ -3,7 +3,8 @@ from .convlstm import ConvLSTMCell
 from .convttlstm import ConvTTLSTMCell
 from .mim import MIMBlock, MIMNCell
 from .mklstm import MKLSTMCell
+from .split_convlstm import SplitConvLSTMCell
 from .stlstm import SpatioTemporalLSTMCell
 
 __all__ = ["ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
-           "MIMNCell", "MIMBlock", "CausalLSTMCell", "GradientHighwayUnit"]
+           "MIMNCell", "MIMBlock", "CausalLSTMCell", "GradientHighwayUnit", "SplitConvLSTMCell"]

@@ -13,7 +13,8 @@ class SpatioTemporalLSTMCell(CellBase):
     r"""ST-LSTM cell, as in thuml/predrnn-pytorch ``SpatioTemporalLSTMCell``.
 
     Two memories: the temporal ``c`` (carried along time in a layer) and the spatiotemporal
-    ``m`` (arriving from the layer below at the same step, the zigzag flow). Forget bias 1.
+    ``m`` (arriving from the layer below at the same step, the zigzag flow). Forget bias 1 by
+    default.
 
     Args:
         input_size: channels of ``x`` (Cin).
@@ -23,6 +24,8 @@ class SpatioTemporalLSTMCell(CellBase):
         layer_norm: LayerNorm over (channels, H, W) after conv_x, conv_h, conv_m and conv_o;
             it fixes the spatial size, so ``spatial_size`` is then required.
         spatial_size: ``H`` (square) or ``(H, W)``.
+        forget_bias: constant added to both forget gates' pre-activations: 1.0 in thuml's
+            and OpenSTL's cells, 0.0 in MS-RNN's ``PredRNN_Cell``/``PredRNN_V2_Cell``.
         backend, memory_efficient: see :class:`fastcells.ConvLSTMCell`.
 
     Shapes:
@@ -42,8 +45,8 @@ class SpatioTemporalLSTMCell(CellBase):
     kind = "stlstm"  # the key of backends.AUTO_PREFERENCE
 
     def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3, bias: bool = False,
-                 layer_norm: bool = False, spatial_size=None, backend: str = "auto",
-                 memory_efficient: bool = False):
+                 layer_norm: bool = False, spatial_size=None, forget_bias: float = 1.0,
+                 backend: str = "auto", memory_efficient: bool = False):
         super().__init__(input_size, hidden_size, backend, memory_efficient)
         _check_odd(kernel_size)
         if isinstance(spatial_size, int):
@@ -53,6 +56,7 @@ class SpatioTemporalLSTMCell(CellBase):
                              "so spatial_size=(H, W) (or H) is required")
         self.kernel_size, self.padding = kernel_size, kernel_size // 2
         self.layer_norm = bool(layer_norm)
+        self.forget_bias = float(forget_bias)
         self.spatial_size = tuple(spatial_size) if (layer_norm and spatial_size) else None
         C = hidden_size
 
@@ -93,7 +97,7 @@ class SpatioTemporalLSTMCell(CellBase):
             zx = self._conv(p, "conv_x", x, step_input=backend != "reference")
         c, m, cm, o_partial, deltas = gates.stlstm(zx, self._conv(p, "conv_h", h),
                                                    self._conv(p, "conv_m", m), c, m,
-                                                   return_deltas)
+                                                   return_deltas, self.forget_bias)
         zl = F.conv2d(cm, p["conv_last.weight"], p.get("conv_last.bias"))
         h = gates.output(o_partial, self._conv(p, "conv_o", cm), zl)
         return (h, c, m, *deltas) if return_deltas else (h, c, m)
@@ -101,4 +105,5 @@ class SpatioTemporalLSTMCell(CellBase):
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", kernel_size={self.kernel_size}"
                 + (f", layer_norm=True, spatial_size={self.spatial_size}" if self.layer_norm
-                   else ""))
+                   else "")
+                + (f", forget_bias={self.forget_bias}" if self.forget_bias != 1.0 else ""))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell,
-                     SpatioTemporalLSTMCell)
+                     SpatioTemporalLSTMCell, SplitConvLSTMCell)
 
 CELLS = {
     "convlstm": ConvLSTMCell,
@@ -12,6 +12,7 @@ CELLS = {
     "convttlstm": ConvTTLSTMCell,
     "stlstm": SpatioTemporalLSTMCell,
     "causal_lstm": CausalLSTMCell,
+    "split_convlstm": SplitConvLSTMCell,  # OpenSTL's ConvLSTM layout
 }
 
 

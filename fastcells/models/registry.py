@@ -36,6 +36,13 @@ Presets (each fixes the frame shape, T_in and the default pred_len, plus the arc
   ``autoencoder=`` (an f8 VAE with 4 latent channels, as an object or the path of a
   TorchScript file: the network then reads 4x16x16 latents); without one they run in pixel
   space.
+- ``"openstl_mmnist"`` (1x64x64, 10 -> 10) for ``convlstm``, ``predrnn``, ``predrnn_v2``:
+  OpenSTL's Moving MNIST configuration and model structure (``openstl/models/*_model.py``,
+  ``configs/mmnist/*.py``): 4 layers of 128 channels, kernel 5, patch 4, no embedding (the
+  first cell reads the 16-channel patched frame, a bias-free 1x1 ``conv_last`` maps back);
+  ConvLSTM in OpenSTL's cell layout, unused ``conv_o``/``conv_last`` included. Their counts
+  are OpenSTL's published Moving MNIST table's (15.0M / 56.8G, 23.8M / 116.0G,
+  23.9M / 116.6G).
 """
 from __future__ import annotations
 
@@ -76,6 +83,11 @@ _CTT = {"layers_per_block": (3, 3, 3, 3), "hidden_channels": (32, 48, 48, 32), "
             "kernel_size": 5, "order": 3, "steps": 3, "rank": 8}
 
 
+# OpenSTL's Moving MNIST setting, shared by its recurrent models
+_OPENSTL_MMNIST = dict(_MMNIST, hidden_size=128, num_layers=4, kernel_size=5, patch_size=4,
+                       embed=False)
+
+
 def _ctt_presets() -> dict:
     return {
         "mmnist": dict(_MMNIST, **_CTT),
@@ -107,13 +119,16 @@ class _Entry:
 
 _MODELS: dict[str, _Entry] = {
     "convlstm": _Entry(StackedForecaster, {"cell": "convlstm"},
-                       _ms_presets(kernel_size=3),
+                       {**_ms_presets(kernel_size=3),
+                        "openstl_mmnist": dict(_OPENSTL_MMNIST, cell_layout="openstl")},
                        "stacked ConvLSTM with 1x1 embed/head (MS-LSTM paper baseline)"),
     "predrnn": _Entry(PredRNN, {"decouple": False},
-                      _ms_presets(kernel_size=3, embed=True),
+                      {**_ms_presets(kernel_size=3, embed=True),
+                       "openstl_mmnist": _OPENSTL_MMNIST},
                       "PredRNN: ST-LSTM stack with zigzag memory, optional patches"),
     "predrnn_v2": _Entry(PredRNN, {"decouple": True},
-                         _ms_presets(kernel_size=3, embed=True),
+                         {**_ms_presets(kernel_size=3, embed=True),
+                          "openstl_mmnist": _OPENSTL_MMNIST},
                          "PredRNN-v2: PredRNN + memory decoupling loss (+ reverse scheduled "
                          "sampling in training)"),
     "predrnn_pp": _Entry(PredRNNpp, {},

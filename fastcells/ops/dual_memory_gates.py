@@ -3,9 +3,12 @@
 ST-LSTM, CELLS.md section 2 (zx: 7C in order i, f, g, i', f', g', o; zh: 4C i, f, g, o;
 zm: 3C i', f', g')::
 
-    c = sigmoid(f_x + f_h + 1) * c_prev + sigmoid(i_x + i_h) * tanh(g_x + g_h)
-    m = sigmoid(f'_x + f_m + 1) * m_prev + sigmoid(i'_x + i_m) * tanh(g'_x + g_m)
+    c = sigmoid(f_x + f_h + b) * c_prev + sigmoid(i_x + i_h) * tanh(g_x + g_h)
+    m = sigmoid(f'_x + f_m + b) * m_prev + sigmoid(i'_x + i_m) * tanh(g'_x + g_m)
     o_partial = o_x + o_h
+
+with the forget bias ``b`` 1.0 (thuml's and OpenSTL's ``_forget_bias``, the default) or, as
+MS-RNN's PredRNN cells have none, 0.0.
 
 MK-LSTM, CELLS.md section 3 (z1, z2: 4C each, gate order i, f, g, o)::
 
@@ -27,23 +30,23 @@ from .. import _ext
 from . import _cuda, _triton
 from ._common import autograd_pair, grad_or_zeros, new_planes, planar
 
-FORGET_BIAS = 1.0  # ST-LSTM's constant forget bias (thuml's _forget_bias)
+FORGET_BIAS = 1.0  # ST-LSTM's default forget bias (thuml's _forget_bias)
 
 
 # ----------------------------------------------------------------------------- references
 def stlstm_gates_ref(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
-                     return_deltas: bool = False):
+                     return_deltas: bool = False, forget_bias: float = FORGET_BIAS):
     """Returns ``(c, m, cm, o_partial, deltas)``; deltas is ``(i*g, i'*g')`` or None."""
     C = c_prev.shape[1]
     i_x, f_x, g_x, i_xp, f_xp, g_xp, o_x = torch.split(zx, C, dim=1)
     i_h, f_h, g_h, o_h = torch.split(zh, C, dim=1)
     i_m, f_m, g_m = torch.split(zm, C, dim=1)
     i = torch.sigmoid(i_x + i_h)
-    f = torch.sigmoid(f_x + f_h + FORGET_BIAS)
+    f = torch.sigmoid(f_x + f_h + forget_bias)
     g = torch.tanh(g_x + g_h)
     c = f * c_prev + i * g
     i_p = torch.sigmoid(i_xp + i_m)
-    f_p = torch.sigmoid(f_xp + f_m + FORGET_BIAS)
+    f_p = torch.sigmoid(f_xp + f_m + forget_bias)
     g_p = torch.tanh(g_xp + g_m)
     m = f_p * m_prev + i_p * g_p
     cm = torch.cat((c, m), dim=1)
@@ -62,9 +65,11 @@ def mklstm_gates_ref(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
 
 # ----------------------------------------------------------------------------- ST-LSTM, C++
 def _stlstm_impl(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
-                 return_deltas: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                 return_deltas: bool,
+                 forget_bias: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     cm, o_partial, acts, deltas = _ext.cpp_extension().stlstm_gates_forward(
-        planar(zx), planar(zh), planar(zm), planar(c_prev), planar(m_prev), return_deltas)
+        planar(zx), planar(zh), planar(zm), planar(c_prev), planar(m_prev), return_deltas,
+        forget_bias)
     return cm, o_partial, acts, deltas if deltas is not None else zx.new_empty(0)
 
 
@@ -73,7 +78,7 @@ _stlstm_op = torch.library.custom_op("fastcells::stlstm_gates", mutates_args=(),
 
 
 @_stlstm_op.register_fake
-def _(zx, zh, zm, c_prev, m_prev, return_deltas):
+def _(zx, zh, zm, c_prev, m_prev, return_deltas, forget_bias):
     C = c_prev.shape[1]
     deltas = new_planes(c_prev, 2 * C) if return_deltas else zx.new_empty(0)
     return new_planes(c_prev, 2 * C), new_planes(c_prev, C), new_planes(c_prev, 6 * C), deltas
@@ -102,7 +107,7 @@ def _(grad_cm, grad_o_partial, grad_deltas, acts, c_prev, m_prev):
 
 
 def _stlstm_setup(ctx, inputs, output):
-    *_, c_prev, m_prev, return_deltas = inputs
+    *_, c_prev, m_prev, return_deltas, _ = inputs
     _, _, acts, _ = output
     ctx.mark_non_differentiable(acts)
     ctx.set_materialize_grads(False)  # no zero-filled grads for unused outputs
@@ -117,7 +122,7 @@ def _stlstm_backward(ctx, grad_cm, grad_o_partial, _grad_acts, grad_deltas, kern
     if not ctx.return_deltas:
         grad_deltas = None
     dzx, dzh, dzm, dc, dm = kernel(grad_cm, grad_o_partial, grad_deltas, acts, c_prev, m_prev)
-    return dzx, dzh, dzm, dc, dm, None
+    return dzx, dzh, dzm, dc, dm, None, None
 
 
 _stlstm_apply = autograd_pair("STLSTMGates", _stlstm_impl, _stlstm_op, _stlstm_backward_impl,
@@ -125,10 +130,11 @@ _stlstm_apply = autograd_pair("STLSTMGates", _stlstm_impl, _stlstm_op, _stlstm_b
 
 
 def stlstm_gates_cpp(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
-                     return_deltas: bool = False):
+                     return_deltas: bool = False, forget_bias: float = FORGET_BIAS):
     """Fused C++ kernel; same contract as :func:`stlstm_gates_ref`."""
     C = c_prev.shape[1]
-    cm, o_partial, _, deltas = _stlstm_apply(zx, zh, zm, c_prev, m_prev, return_deltas)
+    cm, o_partial, _, deltas = _stlstm_apply(zx, zh, zm, c_prev, m_prev, return_deltas,
+                                             float(forget_bias))
     c, m = cm[:, :C], cm[:, C:]
     return c, m, cm, o_partial, ((deltas[:, :C], deltas[:, C:]) if return_deltas else None)
 
@@ -203,7 +209,8 @@ _stlstm_triton_apply = autograd_pair(
     _triton.eager("dual_memory_gates", "stlstm_forward"),
     _triton.library_op("stlstm_gates_triton",
                        "(Tensor zx, Tensor zh, Tensor zm, Tensor c_prev, Tensor m_prev, "
-                       "bool return_deltas) -> (Tensor, Tensor, Tensor, Tensor)",
+                       "bool return_deltas, float forget_bias) "
+                       "-> (Tensor, Tensor, Tensor, Tensor)",
                        "dual_memory_gates", "stlstm_forward"),
     _triton.eager("dual_memory_gates", "stlstm_backward"),
     _triton.library_op("stlstm_gates_triton_backward",
@@ -215,10 +222,11 @@ _stlstm_triton_apply = autograd_pair(
 
 
 def stlstm_gates_triton(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
-                        return_deltas: bool = False):
+                        return_deltas: bool = False, forget_bias: float = FORGET_BIAS):
     """Fused Triton kernels; same contract as :func:`stlstm_gates_ref`."""
     C = c_prev.shape[1]
-    cm, o_partial, _, deltas = _stlstm_triton_apply(zx, zh, zm, c_prev, m_prev, return_deltas)
+    cm, o_partial, _, deltas = _stlstm_triton_apply(zx, zh, zm, c_prev, m_prev, return_deltas,
+                                                    float(forget_bias))
     c, m = cm[:, :C], cm[:, C:]
     return c, m, cm, o_partial, ((deltas[:, :C], deltas[:, C:]) if return_deltas else None)
 
@@ -251,10 +259,11 @@ def mklstm_gates_triton(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor
 
 
 def _stlstm_cuda_impl(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
-                      return_deltas: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      return_deltas: bool,
+                      forget_bias: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     cm, o_partial, acts, deltas = _cuda.extension().stlstm_gates_forward(
         _cuda.strided(zx), _cuda.strided(zh), _cuda.strided(zm), _cuda.strided(c_prev),
-        _cuda.strided(m_prev), return_deltas, _cuda.channels_last(zx))
+        _cuda.strided(m_prev), return_deltas, forget_bias, _cuda.channels_last(zx))
     return cm, o_partial, acts, deltas if deltas is not None else zx.new_empty(0)
 
 
@@ -263,7 +272,7 @@ _stlstm_cuda_op = torch.library.custom_op("fastcells::stlstm_gates_cuda", mutate
 
 
 @_stlstm_cuda_op.register_fake
-def _(zx, zh, zm, c_prev, m_prev, return_deltas):
+def _(zx, zh, zm, c_prev, m_prev, return_deltas, forget_bias):
     C, cl = c_prev.shape[1], _cuda.channels_last(zx)
     deltas = _cuda.new_output(c_prev, 2 * C, cl) if return_deltas else zx.new_empty(0)
     return (_cuda.new_output(c_prev, 2 * C, cl), _cuda.new_output(c_prev, C, cl),
@@ -297,10 +306,11 @@ _stlstm_cuda_apply = autograd_pair("STLSTMGatesCUDA", _stlstm_cuda_impl, _stlstm
 
 
 def stlstm_gates_cuda(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev: Tensor,
-                      return_deltas: bool = False):
+                      return_deltas: bool = False, forget_bias: float = FORGET_BIAS):
     """Fused CUDA C++ kernel; same contract as :func:`stlstm_gates_ref`."""
     C = c_prev.shape[1]
-    cm, o_partial, _, deltas = _stlstm_cuda_apply(zx, zh, zm, c_prev, m_prev, return_deltas)
+    cm, o_partial, _, deltas = _stlstm_cuda_apply(zx, zh, zm, c_prev, m_prev, return_deltas,
+                                                  float(forget_bias))
     c, m = cm[:, :C], cm[:, C:]
     return c, m, cm, o_partial, ((deltas[:, :C], deltas[:, C:]) if return_deltas else None)
 

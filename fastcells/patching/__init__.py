@@ -12,34 +12,48 @@ Recognised (:data:`FAMILIES`):
 - thuml/predrnn-pytorch ``SpatioTemporalLSTMCell`` (current and older releases, and the
   PredRNN-v2 cell that also returns ``delta_c, delta_m``)
 - NVlabs/conv-tt-lstm ``ConvLSTMCell`` and ``ConvTTLSTMCell``
-- mazhf/MS-RNN ``MK_LSTM_Cell``
+- mazhf/MS-RNN ``MK_LSTM_Cell``, ``ConvLSTM_Cell``, ``PredRNN_Cell`` and ``PredRNN_V2_Cell``
+- chengtan9907/OpenSTL ``ConvLSTMCell``, ``SpatioTemporalLSTMCell`` (thuml's),
+  ``SpatioTemporalLSTMCellv2`` (thuml's PredRNN-v2 cell) and PhyDNet's ``PhyD_ConvLSTM_Cell``
 - chengtan9907/OpenSTL ``CausalLSTMCell`` and ``GHU`` (PredRNN++)
 
 A module with one of these class names whose structure differs (gate count, stride,
 dilation, padding, kernels, normalization, ...) or whose forward computes something else is
-left alone and reported in a :class:`PatchWarning`. By default every conversion is checked
+left alone and reported in a :class:`PatchWarning`. So is any other module that looks like a
+recurrent cell (a class name containing LSTM, RNN, GRU or Cell, holding convolutions) and
+was not converted, and a model in which nothing at all was converted: patch() is never
+silent about what it did not do. By default every conversion is checked
 numerically: the original and its drop-in run on the same random float64 inputs and must
 agree to 1e-9 (``verify=False`` skips this probe).
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 from torch import nn
 
 from .. import backends
 from ..cells.base import CellBase
-from . import msrnn, ndrplz, nvlabs, openstl_predrnnpp, thuml
+from . import msrnn, ndrplz, nvlabs, openstl, openstl_predrnnpp, thuml
 from .dropin import DropIn, Family, Skip, is_drop_in, verify
 
 FAMILIES: tuple[Family, ...] = (ndrplz.FAMILY, nvlabs.CONVLSTM, nvlabs.CONVTTLSTM, thuml.FAMILY,
-                                msrnn.FAMILY, openstl_predrnnpp.CAUSAL_LSTM,
+                                msrnn.FAMILY, openstl.CONVLSTM, openstl.PREDRNN_V2,
+                                openstl.PHYD_CONVLSTM, msrnn.CONVLSTM, msrnn.PREDRNN,
+                                msrnn.PREDRNN_V2, openstl_predrnnpp.CAUSAL_LSTM,
                                 openstl_predrnnpp.GHU)
 _CLASS_NAMES = {f.class_name for f in FAMILIES}
 
 
 class PatchWarning(UserWarning):
-    """Raised (as a warning) by :func:`patch` for recognised class names it left alone."""
+    """Raised (as a warning) by :func:`patch` for the recurrent-looking modules it left alone
+    (recognised class names that failed a check, and cells of unknown families)."""
+
+
+# How the public code names its recurrent cells (ConvLSTMCell, PredRNN_Cell, MAUCell, ...):
+# the unrecognised ones are reported, whatever families fastcells knows.
+_RECURRENT_NAME = re.compile(r"lstm|rnn|gru|cell", re.IGNORECASE)
 
 
 def _family(module: nn.Module) -> Family:
@@ -69,7 +83,7 @@ def _convert(module, backend, verify_numerics, memory_efficient):
     family = _family(module)
     cell = family.convert(module, backend, memory_efficient)  # structure first: cheap
     if verify_numerics:
-        verify(module, family.convert, family.run)
+        verify(module, family.convert, family.run, small_norms=family.probe_small_norms)
     return cell
 
 
@@ -110,10 +124,40 @@ def patch(model: nn.Module, backend: str = "auto", *, verify: bool = True,
         if not _inside(name, replaced):
             model.set_submodule(name, cell)
             replaced.append(name)
+    skipped += _unrecognised(model, replaced, done)
     if skipped:
         warnings.warn("fastcells.patch left these modules unchanged:\n  " + "\n  ".join(skipped),
                       PatchWarning, stacklevel=2)
+    elif not replaced and not any(isinstance(m, CellBase) for m in model.modules()):
+        warnings.warn(f"fastcells.patch converted nothing: no module of this "
+                      f"{type(model).__name__} is a recurrent cell fastcells recognises "
+                      f"({', '.join(sorted(_CLASS_NAMES))}; see fastcells.patching.FAMILIES)",
+                      PatchWarning, stacklevel=2)
     return replaced
+
+
+def _unrecognised(model: nn.Module, replaced: list[str], done: dict) -> list[str]:
+    """Lines for the innermost modules that look recurrent (name and convolutions) and
+    that patch() neither converted nor already reported (a model class around converted
+    cells, e.g. OpenSTL's ConvLSTM_Model, is not one: it holds converted cells)."""
+    names = dict(model.named_modules(remove_duplicate=False))
+    suspects = []
+    for name, module in names.items():
+        if (isinstance(module, CellBase) or id(module) in done or _inside(name, replaced)
+                or not _RECURRENT_NAME.search(type(module).__name__)
+                or not any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())):
+            continue
+        suspects.append(name)
+    lines = []
+    for name in suspects:
+        below = [n for n in names if n != name and (not name or n.startswith(name + "."))]
+        if any(n in suspects or id(names[n]) in done or isinstance(names[n], CellBase)
+               for n in below):
+            continue  # its cells are reported (or converted) themselves
+        lines.append(f"{name or '(the model)'} ({type(names[name]).__name__}): looks like a "
+                     f"recurrent cell (a recurrent class name, convolutions) but is of no "
+                     f"family fastcells converts (fastcells.patching.FAMILIES)")
+    return lines
 
 
 def unpatch(model: nn.Module) -> list[str]:

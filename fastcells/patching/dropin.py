@@ -171,6 +171,34 @@ def required_attrs(module: nn.Module, names) -> None:
 
 
 # -- the numerical probe ------------------------------------------------------------------------
+# The probe's inputs: batch, height, width. Small, so that a probe of a model's real cells
+# (128 channels, kernel 5: tens of float64 convolutions) costs milliseconds, yet still a
+# non-square frame (a forward that swaps or flips H and W shows) whose three rows each see
+# a different part of a kernel up to 5.
+PROBE_SHAPE = (1, 3, 4)
+# Random probe weights are drawn from a pool of this (prime) many values, tiled: drawing
+# millions of float64 normals took longer than the whole probe. A prime period never
+# divides a gate block (C * Cin * k * k values), so no two gates get the same weights.
+_POOL = 10007
+
+
+class _ProbeMode:
+    """float64 by default, no autograd, one thread (restored after): the probe's tiny
+    convolutions ran 3-4 times slower split over threads than on one."""
+
+    def __enter__(self):
+        self.saved = torch.get_default_dtype(), torch.get_num_threads()
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
+        torch.set_default_dtype(torch.float64)
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.saved[0])
+        torch.set_num_threads(self.saved[1])
+        self.no_grad.__exit__(*exc)
+
+
 class _DefaultDtype:
     def __init__(self, dtype):
         self.dtype = dtype
@@ -183,7 +211,70 @@ class _DefaultDtype:
         torch.set_default_dtype(self.saved)
 
 
-def verify(original: nn.Module, convert, run, tol: float = 1e-9) -> int:
+def probe_copy(original: nn.Module, seed: int = 0, small_norms: bool = False) -> nn.Module:
+    """A float64 CPU copy of ``original`` with random weights (its own are never copied).
+
+    Convolution weights get unit-variance pre-activations (1/sqrt(fan-in)) and vectors
+    (biases, LayerNorm affines) 0.5: saturated gates (0.3-scaled weights over 128 channels
+    gave pre-activations of std ~17) would hide a changed forward behind a flat sigmoid.
+    Call it inside the probe mode (no autograd). ``small_norms``: LayerNorms over
+    (channels, H, W) of the copy normalize over (channels, 3, 4) at most (:class:`Family`'s
+    ``probe_small_norms``)."""
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.randn(_POOL, generator=gen, dtype=torch.float64)
+    memo = {}
+    for i, p in enumerate(original.parameters()):
+        if id(p) in memo:
+            continue
+        n = p.numel()
+        # a different phase per parameter, so equal-shaped ones differ too
+        scale = p[0].numel() ** -0.5 if p.dim() > 1 else 0.5
+        values = (pool.roll(-(i * 7919) % _POOL) * scale).repeat(n // _POOL + 1)[:n]
+        memo[id(p)] = nn.Parameter(values.view(p.shape), requires_grad=p.requires_grad)
+    for value in vars(original).values():  # tensors held as attributes (a cell's state)
+        for t in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(t, Tensor) and not isinstance(t, nn.Parameter):
+                memo[id(t)] = t.detach()
+    ref = copy.deepcopy(original, memo).to("cpu", torch.float64)
+    if small_norms:
+        h, w = PROBE_SHAPE[1:]
+        for norm in ref.modules():
+            if type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 3:
+                c, nh, nw = norm.normalized_shape
+                norm.normalized_shape = (c, min(nh, h), min(nw, w))
+                for name in ("weight", "bias"):
+                    p = getattr(norm, name)
+                    if p is not None:
+                        setattr(norm, name, nn.Parameter(p[:, :h, :w].clone()))
+    return ref
+
+
+def count_outputs(original: nn.Module, run) -> int:
+    """How many tensors ``run`` gets from ``original``'s forward, found on the meta device:
+    shapes only, no memory touched (zeroing a 128-channel cell's float64 weights took longer
+    than its whole probe)."""
+    memo = {id(p): nn.Parameter(torch.empty(p.shape, device="meta", dtype=torch.float64),
+                                requires_grad=p.requires_grad) for p in original.parameters()}
+    memo |= {id(b): torch.empty(b.shape, device="meta", dtype=b.dtype)
+             for b in original.buffers()}
+    for value in vars(original).values():
+        for t in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(t, Tensor) and not isinstance(t, nn.Parameter):
+                memo[id(t)] = torch.empty(t.shape, device="meta", dtype=t.dtype)
+    shadow = copy.deepcopy(original, memo)
+    _META[0] = True
+    try:
+        with torch.no_grad():
+            return len(run(shadow, torch.Generator()))
+    finally:
+        _META[0] = False
+
+
+_META = [False]  # count_outputs is running: randn() makes meta tensors
+
+
+def verify(original: nn.Module, convert, run, tol: float = 1e-9,
+           small_norms: bool = False) -> int:
     """Runs ``original`` and its drop-in on the same random float64 inputs and weights.
 
     ``convert(module, backend)`` builds a drop-in; ``run(module, generator)`` calls a module
@@ -196,12 +287,11 @@ def verify(original: nn.Module, convert, run, tol: float = 1e-9) -> int:
     backends are tested against the reference separately.
     """
     try:
-        with _DefaultDtype(torch.float64), torch.no_grad():
-            ref = _detached_copy(original).to("cpu", torch.float64)
-            gen = torch.Generator().manual_seed(0)
-            for p in ref.parameters():  # random weights and biases so every term matters
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
-            candidate = convert(copy.deepcopy(ref), "reference")
+        with _ProbeMode():
+            ref = probe_copy(original, small_norms=small_norms)
+            # The drop-in adopts ref's own submodules (no second copy: both only read them;
+            # adopting leaves ref as it was, and ref's state attributes are copied).
+            candidate = convert(ref, "reference")
             results = []
             for training in (True, False):
                 ref.train(training)
@@ -241,6 +331,9 @@ def _detached_copy(module: nn.Module) -> nn.Module:
 
 
 def randn(gen: torch.Generator, *shape) -> Tensor:
+    """A probe input (float64 normal values; shapes only inside :func:`count_outputs`)."""
+    if _META[0]:
+        return torch.empty(shape, device="meta", dtype=torch.float64)
     return torch.randn(shape, generator=gen, dtype=torch.float64)
 
 
@@ -266,6 +359,10 @@ class Family:
     markers: tuple[str, ...]
     convert: Callable
     run: Callable
+    # The cell's LayerNorms over (channels, H, W) may be cut to the probe's frame size in the
+    # probe copy (they fix the spatial size; 16x16 frames of 128 channels made float64 probes
+    # of seconds): for families whose forward reads H, W from nothing else.
+    probe_small_norms: bool = False
 
     def claims(self, module: nn.Module) -> bool:
         return (type(module).__name__ == self.class_name

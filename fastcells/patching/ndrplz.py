@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..cells import ConvLSTMCell
-from .dropin import DropIn, Family, expect_channels, odd_square_kernel, randn
+from .dropin import PROBE_SHAPE, DropIn, Family, expect_channels, odd_square_kernel, randn
 
 
 class NdrplzConvLSTMCell(DropIn, ConvLSTMCell):
@@ -43,7 +43,7 @@ def convert(module: nn.Module, backend: str, memory_efficient: bool = False):
 
 
 def run(module: nn.Module, gen: torch.Generator) -> list:
-    b, h, w = 2, 5, 7
+    b, h, w = PROBE_SHAPE
     x = randn(gen, b, module.input_dim, h, w)
     state = (randn(gen, b, module.hidden_dim, h, w), randn(gen, b, module.hidden_dim, h, w))
     return list(module(x, state))

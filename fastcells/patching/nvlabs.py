@@ -16,6 +16,7 @@ from torch import nn
 from ..cells import ConvLSTMCell, ConvTTLSTMCell
 from ..cells.convttlstm import RingHistory
 from .dropin import (
+    PROBE_SHAPE,
     DropIn,
     Family,
     Skip,
@@ -155,7 +156,7 @@ def convert_convttlstm(module: nn.Module, backend: str, memory_efficient: bool =
 
 
 def _run_stateful(module: nn.Module, gen: torch.Generator, steps: int) -> list:
-    b, h, w = 2, 5, 7
+    b, h, w = PROBE_SHAPE
     outputs = []
     for t in range(steps):
         outputs.append(module(randn(gen, b, module.input_channels, h, w), first_step=t == 0))

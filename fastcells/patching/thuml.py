@@ -9,11 +9,11 @@ from torch import nn
 
 from ..cells import SpatioTemporalLSTMCell
 from .dropin import (
+    PROBE_SHAPE,
     DropIn,
     Family,
     Skip,
-    _DefaultDtype,
-    _detached_copy,
+    count_outputs,
     expect_channels,
     odd_square_kernel,
     plain_leaf,
@@ -97,13 +97,14 @@ def convert(module: nn.Module, backend: str, memory_efficient: bool = False):
 
 
 def _probe_size(module: nn.Module):
+    """(batch, H, W) of the probe, unless the LayerNorms fix H and W."""
     norm = module.conv_x[1] if len(module.conv_x) == 2 else None
-    return tuple(norm.normalized_shape[1:]) if norm is not None else (5, 7)
+    return (1, *norm.normalized_shape[1:]) if norm is not None else PROBE_SHAPE
 
 
 def run(module: nn.Module, gen: torch.Generator) -> list:
-    h, w = _probe_size(module)
-    C, b = module.num_hidden, 2
+    b, h, w = _probe_size(module)
+    C = module.num_hidden
     x = randn(gen, b, module.conv_x[0].in_channels, h, w)
     return list(module(x, *(randn(gen, b, C, h, w) for _ in range(3))))
 
@@ -111,8 +112,7 @@ def run(module: nn.Module, gen: torch.Generator) -> list:
 def _output_count(module: nn.Module) -> int:
     """3 for PredRNN's cell, 5 for PredRNN-v2's (which adds delta_c, delta_m)."""
     try:
-        with _DefaultDtype(torch.float64), torch.no_grad():
-            n = len(run(_detached_copy(module).to("cpu", torch.float64), torch.Generator()))
+        n = count_outputs(module, run)
     except Exception as e:
         raise Skip(f"its forward failed on a probe input ({type(e).__name__}: {e})") from e
     if n not in (3, 5):
@@ -121,4 +121,5 @@ def _output_count(module: nn.Module) -> int:
 
 
 FAMILY = Family("thuml/predrnn-pytorch SpatioTemporalLSTMCell", "SpatioTemporalLSTMCell",
-                ("num_hidden", "conv_x", "conv_h", "conv_m", "conv_last"), convert, run)
+                ("num_hidden", "conv_x", "conv_h", "conv_m", "conv_last"), convert, run,
+                probe_small_norms=True)
