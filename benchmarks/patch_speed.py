@@ -30,7 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastcells
 from fastcells.bench import machine_info, time_side_by_side
 from fastcells.utils import saved_tensor_bytes
-from tests.public import msrnn, msrnn_convlstm, msrnn_predrnn, ndrplz, nvlabs, openstl, thuml
+from tests.public import msrnn, msrnn_convlstm, msrnn_predrnn, ndrplz, nvlabs, thuml
+from tests.public import openstl as openstl_pp
+from tests.public import openstl_convlstm as openstl
+from tests.public import openstl_mim
 
 B, T, C, HW = 4, 6, 32, 64
 SMALL = dict(B=2, T=6, C=16, HW=32)
@@ -51,6 +54,24 @@ def _openstl(cell, filter_size):
 
     return (lambda: openstl.RecurrentModel(cell, 2, [C, C], 1, HW, HW, filter_size=filter_size,
                                            pre_seq_length=T // 2), forward)
+
+
+def _openstl_model(model_class, make_configs, filter_size):
+    """OpenSTL's PredRNN++ / MIM models (two layers, patch 1); frames (B, T, H, W, C)."""
+    def forward(m, x):
+        x = x.permute(0, 1, 3, 4, 2)
+        return m(x, _mask(x, T // 2))
+
+    return (lambda: model_class(2, [C, C], make_configs(filter_size)), forward)
+
+
+def _pp_configs(filter_size):
+    return openstl_pp.configs((T, 1, HW, HW), 1, filter_size, T // 2, T - T // 2)
+
+
+def _mim_configs(filter_size):
+    return openstl_mim.configs(in_shape=(T, 1, HW, HW), patch_size=1, filter_size=filter_size,
+                               pre_seq_length=T // 2, aft_seq_length=T - T // 2)
 
 
 def _phydnet(m, x):
@@ -87,6 +108,10 @@ FAMILIES: dict[str, tuple[Callable, Callable, int]] = {
                                                             5), 1),
     "OpenSTL PhyDNet ConvLSTM (k=3)": (
         lambda: openstl.PhyD_ConvLSTM((HW, HW), 1, [C, C], 2, (3, 3)), _phydnet, 1),
+    "OpenSTL PredRNN++ (causal LSTM + GHU, k=5)": (
+        *_openstl_model(openstl_pp.PredRNNpp_Model, _pp_configs, 5), 1),
+    "OpenSTL MIM (ST-LSTM + MIMBlock + MIMN, k=5)": (
+        *_openstl_model(openstl_mim.MIM_Model, _mim_configs, 5), 1),
     "MS-RNN ConvLSTM (k=3)": (lambda: msrnn_convlstm.ConvLSTM(1, C, (B, HW, HW)),
                               lambda m, x: m(x), 1),
     "MS-RNN PredRNN (k=3)": (lambda: msrnn_predrnn.PredRNN(1, C, (B, HW, HW)),
