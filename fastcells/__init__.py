@@ -2,7 +2,7 @@
 
 Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRNN),
 :class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM), :class:`MIMBlock`
-and :class:`MIMNCell` (MIM).
+and :class:`MIMNCell` (MIM, OpenSTL's), :class:`MIMCell` (MIM, MS-RNN's).
 Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
 :class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
@@ -10,7 +10,7 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model zoo built on them.
 """
 from .backends import available_backends
-from .cells import (ConvLSTMCell, ConvTTLSTMCell, MIMBlock, MIMNCell, MKLSTMCell,
+from .cells import (ConvLSTMCell, ConvTTLSTMCell, MIMBlock, MIMCell, MIMNCell, MKLSTMCell,
                     SpatioTemporalLSTMCell)
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
-    "MIMNCell", "MIMBlock",
+    "MIMNCell", "MIMBlock", "MIMCell",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",
 ]

@@ -13,6 +13,9 @@ Recognised (:data:`FAMILIES`):
   PredRNN-v2 cell that also returns ``delta_c, delta_m``)
 - NVlabs/conv-tt-lstm ``ConvLSTMCell`` and ``ConvTTLSTMCell``
 - mazhf/MS-RNN ``MK_LSTM_Cell``
+- chengtan9907/OpenSTL ``MIMBlock`` and ``MIMN`` (MIM; its layer-0 ``SpatioTemporalLSTMCell``
+  is thuml's)
+- mazhf/MS-RNN ``MIM_Cell`` (its own MIM: :class:`fastcells.MIMCell`)
 
 A module with one of these class names whose structure differs (gate count, stride,
 dilation, padding, kernels, normalization, ...) or whose forward computes something else is
@@ -28,11 +31,12 @@ from torch import nn
 
 from .. import backends
 from ..cells.base import CellBase
-from . import msrnn, ndrplz, nvlabs, thuml
+from . import msrnn, msrnn_mim, ndrplz, nvlabs, openstl_mim, thuml
 from .dropin import DropIn, Family, Skip, is_drop_in, verify
 
 FAMILIES: tuple[Family, ...] = (ndrplz.FAMILY, nvlabs.CONVLSTM, nvlabs.CONVTTLSTM, thuml.FAMILY,
-                                msrnn.FAMILY)
+                                msrnn.FAMILY, openstl_mim.BLOCK, openstl_mim.MIMN,
+                                msrnn_mim.FAMILY)
 _CLASS_NAMES = {f.class_name for f in FAMILIES}
 
 
