@@ -235,13 +235,14 @@ def _frame(module: nn.Module, gen: torch.Generator, channels: int) -> Tensor:
 
 
 def run_block(module: nn.Module, gen: torch.Generator) -> list:
-    """Two calls: from zero states and no convlstm_c, then with the states and the carried
-    convlstm_c (a forward that ignores or resets it differs there)."""
+    """Two calls: from random states without convlstm_c, then from None states (zeros) and
+    the convlstm_c the first call left (a forward that ignores or resets it differs there;
+    the first must not start from zeros, which would leave convlstm_c zero)."""
     C = int(module.num_hidden)
     module.convlstm_c = None  # the probe's copy: the real module's state is untouched
-    outputs = list(module(_frame(module, gen, C), None, None, None, None))
-    h, c, m = outputs
-    outputs += module(_frame(module, gen, C), _frame(module, gen, C), h, c, m)
+    outputs = list(module(*(_frame(module, gen, C) for _ in range(5))))
+    outputs.append(module.convlstm_c)
+    outputs += module(_frame(module, gen, C), None, None, None, None)
     return [*outputs, module.convlstm_c]
 
 
