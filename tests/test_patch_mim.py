@@ -198,6 +198,20 @@ def test_unpatch_restores_originals_with_convlstm_c():
     assert fastcells.unpatch(model) == []
 
 
+def test_unpatch_restores_msrnn_cells_unchanged():
+    model = msrnn_mim.MIM(2, 4, (1, 5, 6))
+    cells = list(model.lstm)
+    before = [dict(vars(c)) for c in cells]
+    names = fastcells.patch(model)
+    assert fastcells.unpatch(model) == names == ["lstm.0", "lstm.1"]
+    assert list(model.lstm) == cells
+    for cell, attrs in zip(cells, before):  # nothing of the drop-in's left on them
+        assert vars(cell).keys() == attrs.keys()
+        assert all(vars(cell)[k] == v for k, v in attrs.items() if not k.startswith("_"))
+        assert [vars(cell)[k] for k in ("_input_channel", "_output_channel", "_state_height",
+                                        "_state_width")] == [4, 4, 5, 6]
+
+
 def test_mim_cell_apis():
     """The single modules: OpenSTL's MIMBlock over calls (convlstm_c read detached and written
     back, None states, a stored batch-1 state broadcast like OpenSTL's arithmetic does), its
