@@ -9,7 +9,8 @@ Kept as OpenSTL has them:
   carried from one call to the next (across sequences and batches too): each call reads it,
   detached, and writes the new one back, with its autograd history, as OpenSTL does.
   (A stored state of batch 1 broadcasts against a larger batch in OpenSTL's arithmetic; the
-  drop-in expands it likewise.)
+  drop-in expands it likewise. Any other batch change fails in OpenSTL, and the drop-in
+  raises a ValueError naming the state.)
 - ``MIMN.conv_last`` is built and never called; it stays in the module and its checkpoints.
 - The per-pixel peepholes ``ct_weight`` (2C, H, W) and ``oc_weight`` (C, H, W) are the
   cells' own parameters, before the convolutions in ``state_dict``.
