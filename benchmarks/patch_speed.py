@@ -33,7 +33,7 @@ from fastcells.utils import saved_tensor_bytes
 from tests.public import msrnn, msrnn_convlstm, msrnn_predrnn, ndrplz, nvlabs, thuml
 from tests.public import openstl as openstl_pp
 from tests.public import openstl_convlstm as openstl
-from tests.public import openstl_mim
+from tests.public import msrnn_mim, openstl_mim
 
 B, T, C, HW = 4, 6, 32, 64
 SMALL = dict(B=2, T=6, C=16, HW=32)
@@ -112,6 +112,8 @@ FAMILIES: dict[str, tuple[Callable, Callable, int]] = {
         *_openstl_model(openstl_pp.PredRNNpp_Model, _pp_configs, 5), 1),
     "OpenSTL MIM (ST-LSTM + MIMBlock + MIMN, k=5)": (
         *_openstl_model(openstl_mim.MIM_Model, _mim_configs, 5), 1),
+    "MS-RNN MIM (MIM_Cell x2, k=3)": (lambda: msrnn_mim.MIM(1, C, (B, HW, HW)),
+                                      lambda m, x: m(x), 1),
     "MS-RNN ConvLSTM (k=3)": (lambda: msrnn_convlstm.ConvLSTM(1, C, (B, HW, HW)),
                               lambda m, x: m(x), 1),
     "MS-RNN PredRNN (k=3)": (lambda: msrnn_predrnn.PredRNN(1, C, (B, HW, HW)),

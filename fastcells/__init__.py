@@ -3,8 +3,8 @@
 Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRNN),
 :class:`MKLSTMCell` (MS-LSTM), :class:`ConvTTLSTMCell` (Conv-TT-LSTM),
 :class:`CausalLSTMCell` and :class:`GradientHighwayUnit` (PredRNN++), :class:`MIMBlock`
-and :class:`MIMNCell` (MIM), and :class:`SplitConvLSTMCell` (ConvLSTM in OpenSTL's
-weight layout).
+and :class:`MIMNCell` (MIM, OpenSTL's), :class:`MIMCell` (MIM, MS-RNN's), and
+:class:`SplitConvLSTMCell` (ConvLSTM in OpenSTL's weight layout).
 Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
 :class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
@@ -13,7 +13,7 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 """
 from .backends import available_backends
 from .cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, GradientHighwayUnit, MIMBlock,
-                    MIMNCell, MKLSTMCell, SpatioTemporalLSTMCell, SplitConvLSTMCell)
+                    MIMCell, MIMNCell, MKLSTMCell, SpatioTemporalLSTMCell, SplitConvLSTMCell)
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell", "CausalLSTMCell",
     "GradientHighwayUnit",
-    "MIMNCell", "MIMBlock",
+    "MIMNCell", "MIMBlock", "MIMCell",
     "SplitConvLSTMCell",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",

@@ -18,6 +18,10 @@ class RecomputeStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run: Callable, n_inputs: int, names: Sequence[str], *tensors):
         ctx.run, ctx.n_inputs, ctx.names = run, n_inputs, names
+        # an output nothing reads gets None, not zeros: the weights that only reach such
+        # outputs then get no gradient (None), as in the default mode, instead of zeros
+        # (which weight decay and momentum would act on)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors)
         outs = run(tensors[:n_inputs], dict(zip(names, tensors[n_inputs:])))
         return tuple(outs)

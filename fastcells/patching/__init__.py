@@ -16,6 +16,9 @@ Recognised (:data:`FAMILIES`):
 - chengtan9907/OpenSTL ``ConvLSTMCell``, ``SpatioTemporalLSTMCell`` (thuml's),
   ``SpatioTemporalLSTMCellv2`` (thuml's PredRNN-v2 cell) and PhyDNet's ``PhyD_ConvLSTM_Cell``
 - chengtan9907/OpenSTL ``CausalLSTMCell`` and ``GHU`` (PredRNN++)
+- chengtan9907/OpenSTL ``MIMBlock`` and ``MIMN`` (MIM; its layer-0 ``SpatioTemporalLSTMCell``
+  is thuml's)
+- mazhf/MS-RNN ``MIM_Cell`` (its own MIM: :class:`fastcells.MIMCell`)
 
 A module with one of these class names whose structure differs (gate count, stride,
 dilation, padding, kernels, normalization, ...) or whose forward computes something else is
@@ -35,14 +38,15 @@ from torch import nn
 
 from .. import backends
 from ..cells.base import CellBase
-from . import msrnn, ndrplz, nvlabs, openstl, openstl_predrnnpp, thuml
+from . import msrnn, msrnn_mim, ndrplz, nvlabs, openstl, openstl_mim, openstl_predrnnpp, thuml
 from .dropin import DropIn, Family, Skip, is_drop_in, verify
 
 FAMILIES: tuple[Family, ...] = (ndrplz.FAMILY, nvlabs.CONVLSTM, nvlabs.CONVTTLSTM, thuml.FAMILY,
                                 msrnn.FAMILY, openstl.CONVLSTM, openstl.PREDRNN_V2,
                                 openstl.PHYD_CONVLSTM, msrnn.CONVLSTM, msrnn.PREDRNN,
                                 msrnn.PREDRNN_V2, openstl_predrnnpp.CAUSAL_LSTM,
-                                openstl_predrnnpp.GHU)
+                                openstl_predrnnpp.GHU, openstl_mim.BLOCK, openstl_mim.MIMN,
+                                msrnn_mim.FAMILY)
 _CLASS_NAMES = {f.class_name for f in FAMILIES}
 
 
