@@ -16,8 +16,11 @@ setup:
 demo: setup
 	$(PYTHON) -m fastcells demo
 
+# The suite runs as TEST_SHARDS parallel pytest processes (tests/sharded.py: most tests are
+# single-threaded, so one process would leave a core idle); `pytest tests` runs it in one.
+TEST_SHARDS ?= 2
 test: setup
-	$(PYTHON) -m pytest tests -q
+	$(PYTHON) -m tests.sharded --shards $(TEST_SHARDS) --logs build/test-logs
 	$(MAKE) triton36-leg
 
 # The oldest Triton generation fastcells supports (3.6: what the lent GPU machines run,
@@ -28,7 +31,8 @@ test: setup
 TRITON36_VENV ?= .venv-triton36
 TRITON36_TESTS = tests/test_triton_sm90.py tests/test_gate_ops.py tests/test_cells.py \
 	tests/test_triton_ctt.py tests/test_triton_conv_gates.py tests/test_triton_registration.py \
-	tests/test_compile.py tests/test_layers.py
+	tests/test_compile.py tests/test_layers.py tests/test_causal_lstm.py tests/test_mim.py \
+	tests/test_mim_cell.py
 test-triton36: setup
 	$(MAKE) triton36-leg
 
@@ -41,8 +45,8 @@ triton36-leg:
 		triton.__version__; assert _ext.cpp_available() and _ext.triton_available(), \
 		_ext.triton_unavailable_reason(); print('triton', triton.__version__, 'torch', \
 		torch.__version__, 'numpy', numpy.__version__)"
-	PYTHONPATH=$(CURDIR) $(TRITON36_VENV)/bin/python -m pytest $(TRITON36_TESTS) -k "triton or sm90" \
-		-q -p no:cacheprovider
+	PYTHONPATH=$(CURDIR) $(TRITON36_VENV)/bin/python -m tests.sharded --shards $(TEST_SHARDS) \
+		--logs build/test-logs-triton36 --paths $(TRITON36_TESTS) -- -k "triton or sm90"
 
 # Renders benchmarks/results/gpu/*.md and README's GPU block from the committed
 # benchmarks/results/gpu/gpu_suite.json (benchmarks/gpu_suite.py's docstring: how a GPU run

@@ -663,7 +663,7 @@ def _assert_compiled(result, name):
 
 def test_cuda_sources_exist():
     assert set(CU_FILES) == {"convlstm_gates.cu", "dual_memory_gates.cu", "output_gate.cu",
-                             "causal_lstm_gates.cu", "ghu_gates.cu"}
+                             "causal_lstm_gates.cu", "ghu_gates.cu", "mim_gates.cu"}
     assert SETUP.cuda_sources() == [os.path.join("csrc", "cuda", f) for f in CU_FILES] + [
         os.path.join("csrc", "cuda", "bindings.cpp")]
 
