@@ -32,7 +32,7 @@ TRITON36_VENV ?= .venv-triton36
 TRITON36_TESTS = tests/test_triton_sm90.py tests/test_gate_ops.py tests/test_cells.py \
 	tests/test_triton_ctt.py tests/test_triton_conv_gates.py tests/test_triton_registration.py \
 	tests/test_compile.py tests/test_layers.py tests/test_causal_lstm.py tests/test_mim.py \
-	tests/test_mim_cell.py
+	tests/test_mim_cell.py tests/test_patch_msrnn_predrnnpp.py
 test-triton36: setup
 	$(MAKE) triton36-leg
 

@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastcells
 from fastcells.bench import machine_info, time_side_by_side
 from fastcells.utils import saved_tensor_bytes
-from tests.public import msrnn, msrnn_convlstm, msrnn_predrnn, ndrplz, nvlabs, thuml
-from tests.public import openstl as openstl_pp
-from tests.public import openstl_convlstm as openstl
-from tests.public import msrnn_mim, openstl_mim
+from tests.public import (msrnn, msrnn_convlstm, msrnn_mim, msrnn_predrnn, msrnn_predrnnpp,
+                          ndrplz, nvlabs, openstl_mim, thuml)
+from tests.public import openstl as openstl_pp  # PredRNN++
+from tests.public import openstl_convlstm as openstl  # ConvLSTM, PredRNN-v2, PhyDNet
 
 B, T, C, HW = 4, 6, 32, 64
 SMALL = dict(B=2, T=6, C=16, HW=32)
@@ -120,6 +120,8 @@ FAMILIES: dict[str, tuple[Callable, Callable, int]] = {
                              lambda m, x: m(x), 1),
     "MS-RNN PredRNN-v2 (k=3, decoupling loss)": (
         lambda: msrnn_predrnn.PredRNN(1, C, (B, HW, HW), v2=True), _msrnn_v2, 1),
+    "MS-RNN PredRNN++ (k=3, GHU in layer 1)": (
+        lambda: msrnn_predrnnpp.PredRNN_Plus2(1, C, (B, HW, HW), 2), lambda m, x: m(x), 1),
 }
 PRIMARY = "thuml PredRNN (ST-LSTM, k=3)"  # the target row
 

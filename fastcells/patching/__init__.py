@@ -12,7 +12,8 @@ Recognised (:data:`FAMILIES`):
 - thuml/predrnn-pytorch ``SpatioTemporalLSTMCell`` (current and older releases, and the
   PredRNN-v2 cell that also returns ``delta_c, delta_m``)
 - NVlabs/conv-tt-lstm ``ConvLSTMCell`` and ``ConvTTLSTMCell``
-- mazhf/MS-RNN ``MK_LSTM_Cell``, ``ConvLSTM_Cell``, ``PredRNN_Cell`` and ``PredRNN_V2_Cell``
+- mazhf/MS-RNN ``MK_LSTM_Cell``, ``ConvLSTM_Cell``, ``PredRNN_Cell``, ``PredRNN_V2_Cell`` and
+  ``PredRNN_Plus2_Cell`` (PredRNN++, with its gradient highway unit inside)
 - chengtan9907/OpenSTL ``ConvLSTMCell``, ``SpatioTemporalLSTMCell`` (thuml's),
   ``SpatioTemporalLSTMCellv2`` (thuml's PredRNN-v2 cell) and PhyDNet's ``PhyD_ConvLSTM_Cell``
 - chengtan9907/OpenSTL ``CausalLSTMCell`` and ``GHU`` (PredRNN++)
@@ -38,7 +39,8 @@ from torch import nn
 
 from .. import backends
 from ..cells.base import CellBase
-from . import msrnn, msrnn_mim, ndrplz, nvlabs, openstl, openstl_mim, openstl_predrnnpp, thuml
+from . import (msrnn, msrnn_mim, msrnn_predrnnpp, ndrplz, nvlabs, openstl, openstl_mim,
+               openstl_predrnnpp, thuml)
 from .dropin import DropIn, Family, Skip, is_drop_in, verify
 
 FAMILIES: tuple[Family, ...] = (ndrplz.FAMILY, nvlabs.CONVLSTM, nvlabs.CONVTTLSTM, thuml.FAMILY,
@@ -46,7 +48,7 @@ FAMILIES: tuple[Family, ...] = (ndrplz.FAMILY, nvlabs.CONVLSTM, nvlabs.CONVTTLST
                                 openstl.PHYD_CONVLSTM, msrnn.CONVLSTM, msrnn.PREDRNN,
                                 msrnn.PREDRNN_V2, openstl_predrnnpp.CAUSAL_LSTM,
                                 openstl_predrnnpp.GHU, openstl_mim.BLOCK, openstl_mim.MIMN,
-                                msrnn_mim.FAMILY)
+                                msrnn_mim.FAMILY, msrnn_predrnnpp.FAMILY)
 _CLASS_NAMES = {f.class_name for f in FAMILIES}
 
 
