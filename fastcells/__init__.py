@@ -6,7 +6,8 @@ Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRN
 and :class:`MIMNCell` (MIM, OpenSTL's), :class:`MIMCell` (MIM, MS-RNN's), and
 :class:`SplitConvLSTMCell` (ConvLSTM in OpenSTL's weight layout).
 Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
-:class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
+:class:`MKLSTM`, :class:`ConvTTLSTM`, :class:`CausalLSTM` (PredRNN++), :class:`MIM`. Every
+module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
 :func:`patch` swaps them into models built on the public implementations
 (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model zoo built on them.
@@ -14,7 +15,7 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 from .backends import available_backends
 from .cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, GradientHighwayUnit, MIMBlock,
                     MIMCell, MIMNCell, MKLSTMCell, SpatioTemporalLSTMCell, SplitConvLSTMCell)
-from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
+from .layers import MIM, CausalLSTM, ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
 
@@ -25,6 +26,7 @@ __all__ = [
     "GradientHighwayUnit",
     "MIMNCell", "MIMBlock", "MIMCell",
     "SplitConvLSTMCell",
-    "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
+    "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "CausalLSTM", "MIM",
+    "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",
 ]

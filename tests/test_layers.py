@@ -16,6 +16,7 @@ LAYERS = {
                                                     spatial_size=(7, 9), **kw),
     "mklstm": lambda **kw: fc.MKLSTM(3, 4, **kw),
     "convttlstm": lambda **kw: fc.ConvTTLSTM(3, 4, order=2, steps=3, rank=3, kernel_size=3, **kw),
+    "causal_lstm": lambda **kw: fc.CausalLSTM(3, 4, kernel_size=3, **kw),  # with the highway
 }
 
 
@@ -118,3 +119,90 @@ def test_reference_stlstm_layer_zigzag():
 def test_layer_backend_property():
     layer = fc.MKLSTM(3, 4, num_layers=2)
     assert layer.backend == ("cpp" if _ext.cpp_available() else "reference")
+
+
+def test_reference_causal_lstm_layer_zigzag_and_highway():
+    layer = fc.CausalLSTM(3, 4, num_layers=3, backend="reference")
+    randomize(layer)
+    x = torch.randn(1, 3, 3, 6, 6)
+    out, states = layer(x)
+    zero = torch.zeros(1, 4, 6, 6)
+    hc, m, z = [(zero, zero)] * 3, zero, zero
+    for t in range(3):
+        inp = x[:, t]
+        for i, cell in enumerate(layer.cells):
+            h, c, m = cell(inp, (*hc[i], m))  # m rises through the layers, then wraps to 0
+            hc[i] = (h, c)
+            inp = h
+            if i == 0:  # PredRNN++: the second layer reads the highway's z
+                z = inp = layer.highway(h, z)
+        assert_close(out[:, t], inp, 1e-7)
+    assert_close(states[-1][2], m, 1e-7)
+    assert_close(states[0][3], z, 1e-7)
+    with pytest.raises(ValueError, match="highway"):
+        fc.CausalLSTM(3, 4, num_layers=1, highway=True)
+    assert fc.CausalLSTM(3, 4, num_layers=1).highway is None
+
+
+def _mim_pair(variant, batch_first=True):
+    ref = fc.MIM(3, 4, spatial_size=(7, 9), num_layers=3, batch_first=batch_first,
+                 backend="reference")
+    randomize(ref)
+    other = fc.MIM(3, 4, spatial_size=(7, 9), num_layers=3, batch_first=batch_first,
+                   **variant)
+    other.load_state_dict(ref.state_dict())
+    return ref, other
+
+
+def _mim_tensors(state):
+    layers, m, diffs = state
+    return [t for s in layers for t in s] + [m] + [t for s in (diffs or []) for t in s]
+
+
+@requires_cpp
+@pytest.mark.parametrize("variant", [{"backend": "cpp"},
+                                     {"backend": "cpp", "memory_efficient": True}],
+                         ids=["cpp", "cpp_memeff"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_mim_layer_matches_reference(variant, batch_first):
+    ref, other = _mim_pair(variant, batch_first)
+    x = torch.randn(2, 4, 3, 7, 9)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    x.requires_grad_()
+    out_r, st_r = ref(x)
+    out_o, st_o = other(x)
+    assert out_o.shape == x.shape[:2] + (4, 7, 9)
+    assert_close(out_o, out_r, RTOL[torch.float32], "output")
+    for a, e in zip(_mim_tensors(st_o), _mim_tensors(st_r)):
+        assert_close(a, e, RTOL[torch.float32], "last state")
+    out_r2, _ = ref(x, st_r)  # continuing: the diff modules run from the first step
+    out_o2, _ = other(x, st_o)
+    g = torch.randn_like(out_r)
+    gr = torch.autograd.grad((out_r * g).sum() + (out_r2 * g).sum(), [x, *ref.parameters()])
+    go = torch.autograd.grad((out_o * g).sum() + (out_o2 * g).sum(), [x, *other.parameters()])
+    for i, (a, e) in enumerate(zip(go, gr)):
+        assert_close(a, e, RTOL[torch.float32], f"grad {i}")
+
+
+def test_mim_layer_is_the_zoo_models_stack():
+    """fc.MIM is the zoo's mim without its head: same cells, same state, same h."""
+    from fastcells import models
+
+    model = models.create("mim", preset="mmnist", hidden_size=4, num_layers=3, kernel_size=3,
+                          frame_size=(8, 8), embed=False, patch_size=1, backend="reference")
+    layer = fc.MIM(1, 4, spatial_size=(8, 8), num_layers=3, backend="reference")
+    layer.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if k.startswith(("cells.", "diffs."))}, strict=False)
+    missing = set(layer.state_dict()) - set(model.state_dict())
+    assert not missing, missing
+    x = torch.randn(2, 3, 1, 8, 8)
+    out, _ = layer(x)
+    state = None
+    for t in range(3):
+        _, state, _ = model.step(x[:, t], state)
+        assert_close(out[:, t], state[0][-1][0], 1e-7)
+    with pytest.raises(ValueError, match="num_layers"):
+        fc.MIM(3, 4, spatial_size=(7, 9), num_layers=1)
+    with pytest.raises(ValueError, match="x"):
+        layer(torch.randn(2, 3, 1, 9, 8))

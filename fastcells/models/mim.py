@@ -25,6 +25,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..cells import MIMBlock, MIMNCell, SpatioTemporalLSTMCell
+from ..layers import mim_step
 from ._cells import embed_head
 from .predrnn import reshape_patch, reshape_patch_back
 from .rollout import RecurrentForecaster
@@ -106,27 +107,7 @@ class MIM(RecurrentForecaster):
         x = reshape_patch(frame, self.patch_size)
         if self.embed is not None:
             x = self.embed(x)
-        layers, m, diffs = self.init_state(x) if state is None else state
-        h_prev0, c0 = layers[0]
-        h0, c0, m = self.cells[0](x, (h_prev0, c0, m))
-        new_layers, new_diffs = [(h0, c0)], []
-        below = h0
-        for i, (cell, (h, c, n)) in enumerate(zip(self.cells[1:], layers[1:])):
-            if diffs is None:  # first step: no diff input yet, diff_h = zeros
-                diff_h = None
-            else:
-                # the diff module of layer i+1 reads the change of layer 0's h (i = 0) or
-                # the diff output of the module below, just updated
-                source = h0 - h_prev0 if i == 0 else new_diffs[i - 1][0]
-                new_diffs.append(self.diffs[i](source, diffs[i]))
-                diff_h = new_diffs[i][0]
-            # OpenSTL detaches the stationarity state before each use (convlstm_c.detach())
-            h, c, m, n = cell(below, diff_h, (h, c, m, n.detach()))
-            new_layers.append((h, c, n))
-            below = h
-        if diffs is None:
-            # from the second step on, each diff module starts from zeros (OpenSTL's None)
-            z = h0.new_zeros(h0.shape)
-            new_diffs = [(z, z)] * len(self.diffs)
+        below, state = mim_step(self.cells, self.diffs, x,
+                                self.init_state(x) if state is None else state)
         prediction = reshape_patch_back(self.head(below), self.patch_size)
-        return prediction, (new_layers, m, new_diffs), None
+        return prediction, state, None
