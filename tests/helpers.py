@@ -81,3 +81,22 @@ def flat_outputs(out):
         flat.extend(flat_outputs(o) if isinstance(o, (tuple, list))
                     else ([o] if o is not None else []))
     return flat
+
+
+def assert_lookalikes_reported(items) -> None:
+    """``patch`` leaves every ``(module, reason)`` look-alike in place and names it, with a
+    line containing ``reason``, in one PatchWarning."""
+    import pytest
+    from torch import nn
+
+    from fastcells.patching import PatchWarning
+
+    model = nn.ModuleList(m for m, _ in items)
+    with pytest.warns(PatchWarning) as record:
+        assert fc.patch(model) == []
+    message = str(record[0].message)
+    for i, ((module, reason), kept) in enumerate(zip(items, model)):
+        assert kept is module
+        line = next(line for line in message.splitlines() if line.strip().startswith(f"{i} ("))
+        assert reason in line, line
+    assert len(record) == 1

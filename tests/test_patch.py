@@ -15,7 +15,7 @@ from fastcells.cells.base import CellBase
 from fastcells.patching import DropIn, PatchWarning, convert
 
 from .conftest import requires_cpp
-from .helpers import assert_close, randomize, rel_error
+from .helpers import assert_close, assert_lookalikes_reported, randomize, rel_error
 from .public import msrnn, ndrplz, nvlabs, nvlabs_v4, thuml, thuml_old
 
 B = 2
@@ -337,15 +337,7 @@ def _lookalikes():
 
 def test_lookalikes_are_left_alone_and_reported():
     items = _lookalikes()
-    model = nn.ModuleList(m for m, _ in items)
-    with pytest.warns(PatchWarning) as record:
-        assert fastcells.patch(model) == []
-    message = str(record[0].message)
-    for i, ((module, reason), kept) in enumerate(zip(items, model)):
-        assert kept is module
-        line = next(line for line in message.splitlines() if line.strip().startswith(f"{i} ("))
-        assert reason in line, line
-    assert len(record) == 1
+    assert_lookalikes_reported(items)
 
 
 def test_convert_and_patch_errors():

@@ -16,7 +16,7 @@ from fastcells.cells.base import CellBase
 from fastcells.patching import DropIn, PatchWarning, convert
 
 from .conftest import requires_cpp
-from .helpers import assert_close, randomize
+from .helpers import assert_close, assert_lookalikes_reported, randomize
 from .public import msrnn_convlstm, msrnn_predrnn
 from .public import openstl_convlstm as openstl
 
@@ -279,15 +279,7 @@ def _lookalikes():
 
 def test_lookalikes_are_left_alone_and_reported():
     items = _lookalikes()
-    model = nn.ModuleList(m for m, _ in items)
-    with pytest.warns(PatchWarning) as record:
-        assert fastcells.patch(model) == []
-    message = str(record[0].message)
-    for i, ((module, reason), kept) in enumerate(zip(items, model)):
-        assert kept is module
-        line = next(line for line in message.splitlines() if line.strip().startswith(f"{i} ("))
-        assert reason in line, line
-    assert len(record) == 1
+    assert_lookalikes_reported(items)
 
 
 def test_probe_cuts_layer_norms_to_its_frame_size():

@@ -15,7 +15,7 @@ from fastcells.patching import PatchWarning, convert
 from fastcells.patching.msrnn_predrnnpp import MSRNNPredRNNPlus2Cell
 
 from .conftest import requires_cpp
-from .helpers import assert_close, randomize
+from .helpers import assert_close, assert_lookalikes_reported, randomize
 from .public import msrnn_predrnnpp as public
 
 LAYERS = ["lstm.0", "lstm.1", "lstm.2"]
@@ -153,12 +153,4 @@ def _lookalikes():
 
 def test_lookalikes_are_left_alone_and_reported():
     items = _lookalikes()
-    model = nn.ModuleList(m for m, _ in items)
-    with pytest.warns(PatchWarning) as record:
-        assert fc.patch(model) == []
-    message = str(record[0].message)
-    for i, ((module, reason), kept) in enumerate(zip(items, model)):
-        assert kept is module
-        line = next(line for line in message.splitlines() if line.strip().startswith(f"{i} ("))
-        assert reason in line, line
-    assert len(record) == 1
+    assert_lookalikes_reported(items)
