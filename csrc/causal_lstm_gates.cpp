@@ -258,66 +258,6 @@ std::vector<at::Tensor> causal_m_gates_backward(const at::Tensor& grad_m,
   return {grad_zp, grad_zc2m};
 }
 
-std::vector<at::Tensor> causal_output_gate_forward(const at::Tensor& o_sum, const at::Tensor& zo,
-                                                   const at::Tensor& zl) {
-  const int64_t C = zl.size(1);
-  check_planes(zl, "zl", C, zl);
-  check_planes(zo, "zo", C, zl);
-  check_planes(o_sum, "o_sum", C, zl);
-  const int64_t B = zl.size(0), H = zl.size(2), W = zl.size(3), HW = H * W;
-  auto h = new_output({B, C, H, W}, zl.options());
-  auto acts = new_output({B, 2 * C, H, W}, zl.options());
-  AT_DISPATCH_FLOATING_TYPES(zl.scalar_type(), "causal_output_gate_forward", [&] {
-    using T = scalar_t;
-    auto S = planes<T>(o_sum), O = planes<T>(zo), L = planes<T>(zl);
-    auto Hh = planes<T>(h), A = planes<T>(acts);
-    for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
-      const T* __restrict s = S.at(b, ch);
-      const T* __restrict o = O.at(b, ch);
-      const T* __restrict l = L.at(b, ch);
-      T* __restrict hp = Hh.at(b, ch);
-      T* __restrict ao = A.at(b, ch);
-      T* __restrict at = A.at(b, C + ch);
-      lane_loop<T>(HW, [&](auto lane, int64_t k) {
-        using V = typename decltype(lane)::type;
-        const V og = tanh_act(load<V>(s + k) + load<V>(o + k));  // tanh, not sigmoid
-        const V t = tanh_act(load<V>(l + k));
-        store(ao + k, og);
-        store(at + k, t);
-        store(hp + k, og * t);
-      });
-    });
-  });
-  return {h, acts};
-}
-
-std::vector<at::Tensor> causal_output_gate_backward(const at::Tensor& grad_h,
-                                                    const at::Tensor& acts) {
-  const int64_t C = grad_h.size(1);
-  check_planes(grad_h, "grad_h", C, grad_h);
-  check_planes(acts, "acts", 2 * C, grad_h);
-  auto grad_o = new_output(grad_h.sizes(), grad_h.options());
-  auto grad_l = new_output(grad_h.sizes(), grad_h.options());
-  const int64_t B = grad_h.size(0), HW = grad_h.size(2) * grad_h.size(3);
-  AT_DISPATCH_FLOATING_TYPES(grad_h.scalar_type(), "causal_output_gate_backward", [&] {
-    using T = scalar_t;
-    auto DH = planes<T>(grad_h), A = planes<T>(acts);
-    auto DO = planes<T>(grad_o), DL = planes<T>(grad_l);
-    for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
-      const T* __restrict dh = DH.at(b, ch);
-      const T* __restrict ao = A.at(b, ch);
-      const T* __restrict at = A.at(b, C + ch);
-      T* __restrict dop = DO.at(b, ch);
-      T* __restrict dl = DL.at(b, ch);
-      lane_loop<T>(HW, [&](auto lane, int64_t k) {
-        using V = typename decltype(lane)::type;
-        const V o = load<V>(ao + k), t = load<V>(at + k), g = load<V>(dh + k);
-        store(dop + k, g * t * (1 - o * o));
-        store(dl + k, g * o * (1 - t * t));
-      });
-    });
-  });
-  return {grad_o, grad_l};
-}
+// The tanh output gate (stage 3) is output_gate.cpp's, instantiated with kTanhGate.
 
 }  // namespace fastcells
