@@ -5,12 +5,16 @@ Cells (one step): :class:`ConvLSTMCell`, :class:`SpatioTemporalLSTMCell` (PredRN
 Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLSTM`,
 :class:`MKLSTM`, :class:`ConvTTLSTM`. Every module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
-:func:`patch` swaps them into models built on the public implementations
-(:mod:`fastcells.patching`); :mod:`fastcells.models` is the model zoo built on them.
+:func:`set_conv_algorithm` chooses how the C++ backend runs the convolutions (autotuned by
+default, :mod:`fastcells.ops.conv`). :func:`patch` swaps them into models built on the
+public implementations (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model
+zoo built on them.
 """
 from .backends import available_backends
 from .cells import ConvLSTMCell, ConvTTLSTMCell, MKLSTMCell, SpatioTemporalLSTMCell
 from .layers import ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
+from .ops.conv import (clear_conv_algorithm_cache, conv_algorithm, conv_algorithm_cache,
+                         get_conv_algorithm, set_conv_algorithm)
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
 
@@ -20,4 +24,6 @@ __all__ = [
     "ConvLSTMCell", "SpatioTemporalLSTMCell", "MKLSTMCell", "ConvTTLSTMCell",
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",
+    "set_conv_algorithm", "get_conv_algorithm", "conv_algorithm", "conv_algorithm_cache",
+    "clear_conv_algorithm_cache",
 ]
