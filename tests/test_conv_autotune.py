@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import fastcells as fc
+from fastcells import _ext
 from fastcells.ops import conv as C
 
 from .conftest import requires_cpp
@@ -16,6 +17,13 @@ from .test_cells import _leaves, _random_state, _run
 
 NNPACK = C._nnpack_unavailable_reason() is None
 requires_nnpack = pytest.mark.skipif(not NNPACK, reason="this torch build has no NNPACK")
+
+
+def _skip_unavailable(algos):
+    if "nnpack" in algos and not NNPACK:
+        pytest.skip("this torch build has no NNPACK")
+    if "winograd" in algos and not _ext.cpp_available():
+        pytest.skip("C++ extension not built")
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +62,7 @@ SETTINGS = {
     "onednn_in_dispatcher": dict(forward="onednn", input="onednn", weight="matmul"),
     "auto": dict(forward="auto", input="auto", weight="auto"),
     "off": dict(forward="onednn", input="onednn", weight="onednn"),
+    "winograd": dict(forward="matmul", input="nnpack", weight="winograd"),
 }
 
 
@@ -66,31 +75,38 @@ def _case_tensors(case, dtype=torch.float32):
 
 
 def _ran(choice: dict, algo: str) -> bool:
-    """A forced algorithm ran, or was rejected only for disagreeing with oneDNN by more than
-    VERIFY_RTOL (NNPACK's 3x3 Winograd on small images, tested in
-    test_implementations_match_conv2d)."""
+    """A forced algorithm ran, or was rejected only for being more than VERIFY_FACTOR times as
+    far off as oneDNN (NNPACK's 3x3 Winograd and the Winograd weight gradient on small inputs,
+    tested in test_implementations_match_conv2d)."""
     return (choice["algorithm"] == algo
-            or (algo == "nnpack" and "disagrees" in choice["rejected"].get(algo, "")))
+            or (algo in ("nnpack", "winograd")
+                and "disagrees" in choice["rejected"].get(algo, "")))
 
 
-@pytest.mark.parametrize("algo", ["onednn", "nnpack", "matmul"])
+@pytest.mark.parametrize("algo", ["onednn", "nnpack", "matmul", "winograd"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_implementations_match_conv2d(algo, case):
     """Each algorithm of each pass on its own, against F.conv2d and its gradients (float32
-    tolerance of CELLS.md; NNPACK's Winograd measured at 2-5e-6)."""
-    if algo == "nnpack" and not NNPACK:
-        pytest.skip("this torch build has no NNPACK")
+    tolerance of CELLS.md; NNPACK's Winograd measured at 2-5e-6). Where an algorithm cannot
+    take a case, the dispatcher's reason says so."""
+    _skip_unavailable([algo])
     x, weight, bias, pad = _case_tensors(case)
     pad = C._padding(pad)
     y_ref = F.conv2d(x, weight, bias, padding=pad)
     g = _layout(torch.randn_like(y_ref), case[-1])
     gx, gw = torch.autograd.grad(y_ref, (x, weight), g)
     impl = C.IMPLEMENTATIONS
+    why = C._not_applicable(algo, x, weight, pad, y_ref.shape[2:])
+    if algo == "winograd" and (case[5] not in (3, 5) or pad[0] != pad[1]):
+        assert why and "3x3 and 5x5" in why
+        return
+    assert why is None
     with torch.no_grad():
-        assert_close(impl["forward"][algo](x, weight, bias, pad), y_ref, RTOL[torch.float32])
-        assert_close(impl["forward"][algo](x, weight, None, pad), y_ref - bias.view(-1, 1, 1),
-                     RTOL[torch.float32])
-        assert_close(impl["input"][algo](x.shape, weight, g, pad), gx, RTOL[torch.float32])
+        if algo in impl["forward"]:
+            assert_close(impl["forward"][algo](x, weight, bias, pad), y_ref, RTOL[torch.float32])
+            assert_close(impl["forward"][algo](x, weight, None, pad),
+                         y_ref - bias.view(-1, 1, 1), RTOL[torch.float32])
+            assert_close(impl["input"][algo](x.shape, weight, g, pad), gx, RTOL[torch.float32])
         if algo in impl["weight"]:
             assert_close(impl["weight"][algo](x, weight.shape, g, pad), gw, RTOL[torch.float32])
 
@@ -99,8 +115,7 @@ def test_implementations_match_conv2d(algo, case):
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_algorithm_matches_conv2d(setting, case):
-    if setting == "nnpack" and not NNPACK:
-        pytest.skip("this torch build has no NNPACK")
+    _skip_unavailable(SETTINGS[setting].values())
     x, weight, bias, pad = _case_tensors(case)
     fc.set_conv_algorithm(**SETTINGS[setting])
     for with_bias in (True, False):
@@ -113,12 +128,18 @@ def test_algorithm_matches_conv2d(setting, case):
         for name, a, e in zip(("x", "weight", "bias"), torch.autograd.grad(y, leaves, g),
                               torch.autograd.grad(y_ref, leaves, g)):
             assert_close(a, e, RTOL[torch.float32], f"grad {name}")
-    # A forced algorithm actually ran.
+    # A forced algorithm actually ran, or says why it could not.
     if setting not in ("auto", "off"):
         (choices,) = fc.conv_algorithm_cache().values()
         for pass_, algo in SETTINGS[setting].items():
-            if algo != "onednn":
-                assert _ran(choices[f"{pass_}[{algo}]"], algo), choices
+            if algo == "onednn":
+                continue
+            choice = choices[f"{pass_}[{algo}]"]
+            why = C._not_applicable(algo, x, weight, C._padding(pad), y.shape[2:])
+            if why:
+                assert choice["algorithm"] == "onednn" and choice["rejected"][algo] == why
+            else:
+                assert _ran(choice, algo), choices
     if setting == "off":
         assert fc.conv_algorithm_cache() == {}  # plain F.conv2d: no dispatcher at all
 
@@ -188,11 +209,12 @@ def test_forced_choice_is_obeyed(monkeypatch):
     for _ in range(2):
         C.conv2d(x, w, b, pad).sum().backward()
     assert C.stats["timings"] == 0
-    # matmul every call, and once per pass for its check against oneDNN (on random inputs)
-    assert calls == {**{(p, "matmul"): 3 for p in C.PASSES}, **{(p, "onednn"): 1 for p in C.PASSES}}
+    # matmul every call, and once per pass for its check against oneDNN on random inputs
+    # (oneDNN in float32 and float64)
+    assert calls == {**{(p, "matmul"): 3 for p in C.PASSES}, **{(p, "onednn"): 2 for p in C.PASSES}}
     with fc.conv_algorithm("onednn"):
         C.conv2d(x, w, b, pad).sum().backward()  # the dispatcher is off: plain F.conv2d
-    assert calls[("forward", "onednn")] == 1
+    assert calls[("forward", "onednn")] == 2
     assert fc.get_conv_algorithm() == {p: "matmul" for p in C.PASSES}
 
 
@@ -300,10 +322,10 @@ def test_nnpack_failing_after_it_was_chosen(monkeypatch):
     assert "out of memory" in choices["forward[nnpack]"]["rejected"]["nnpack"]
 
 
-@pytest.mark.parametrize("setting", ["nnpack", "matmul", "onednn_in_dispatcher"])
-def test_deterministic_for_a_fixed_choice(setting):
-    if setting == "nnpack" and not NNPACK:
-        pytest.skip("this torch build has no NNPACK")
+@pytest.mark.parametrize("setting", ["nnpack", "matmul", "onednn_in_dispatcher", "winograd"])
+def test_deterministic_for_a_fixed_choice(setting, monkeypatch):
+    _skip_unavailable(SETTINGS[setting].values())
+    monkeypatch.setattr(C, "VERIFY_FACTOR", 1e3)  # the Winograd weight gradient at this size
     fc.set_conv_algorithm(**SETTINGS[setting])
     x, w, b, pad = _case_tensors(K5)
     runs = []
@@ -312,6 +334,8 @@ def test_deterministic_for_a_fixed_choice(setting):
         runs.append([y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y))])
     for a, e in zip(*runs):
         assert torch.equal(a, e)
+    (choices,) = fc.conv_algorithm_cache().values()
+    assert all(c["algorithm"] == c["setting"] for p, c in choices.items() if "onednn" not in p)
 
 
 def test_compile_traces_plain_conv2d():
@@ -328,7 +352,7 @@ def test_compile_traces_plain_conv2d():
 
 
 # ----------------------------------------------------------------------------- the cells
-CELL_SETTINGS = ["nnpack", "matmul", "auto"]
+CELL_SETTINGS = ["nnpack", "matmul", "winograd", "auto"]
 
 
 @requires_cpp
@@ -336,12 +360,14 @@ CELL_SETTINGS = ["nnpack", "matmul", "auto"]
 @pytest.mark.parametrize("setting", CELL_SETTINGS)
 @pytest.mark.parametrize("config", ["convlstm_peephole", "stlstm_bias_ln", "mklstm",
                                     "convttlstm"])
-def test_cells_with_each_algorithm(setting, config):
+def test_cells_with_each_algorithm(setting, config, monkeypatch):
     """Every convolution of a cpp cell step (and of its memory-efficient twin) runs the
     forced algorithm; outputs and gradients stay within the float32 tolerance. (Kernel 5
-    where the configurations allow: NNPACK's 3x3 Winograd is rejected at these sizes.)"""
-    if setting == "nnpack" and not NNPACK:
-        pytest.skip("this torch build has no NNPACK")
+    where the configurations allow: NNPACK's 3x3 Winograd is rejected at these sizes. The
+    Winograd weight gradient is let through its check, which rejects it at these sizes.)"""
+    _skip_unavailable(SETTINGS[setting].values())
+    if setting == "winograd":
+        monkeypatch.setattr(C, "VERIFY_FACTOR", 1e3)
     fc.set_conv_algorithm(**SETTINGS[setting])
     b, h, w = 2, 7, 6
     ref, cpp, eff = make_cells(config, [("reference", {}), ("cpp", {}),
@@ -361,14 +387,19 @@ def test_cells_with_each_algorithm(setting, config):
             assert (a is None) == (e is None)
             if e is not None:
                 assert_close(a, e, RTOL[torch.float32], f"grad {i}")
-    algo = SETTINGS[setting]["forward"]
-    choices = [c for cs in fc.conv_algorithm_cache().values() for p, c in cs.items()
-               if not p.startswith("weight")]
+    choices = [(p.split("[")[0], c) for cs in fc.conv_algorithm_cache().values()
+               for p, c in cs.items()]
     if setting == "auto":
-        assert choices and all(c["setting"] == "auto" for c in choices)
+        assert choices and all(c["setting"] == "auto" for _, c in choices)
         return
-    assert choices and all(_ran(c, algo) for c in choices), fc.conv_algorithm_cache()
-    assert any(c["algorithm"] == algo for c in choices)
+    for pass_, algo in SETTINGS[setting].items():
+        if algo == "onednn":  # not dispatched: plain oneDNN, no cache entry
+            assert not any(p == pass_ for p, _ in choices)
+            continue
+        mine = [c for p, c in choices if p == pass_]
+        assert mine and all(_ran(c, algo) or "3x3 and 5x5" in c["rejected"].get(algo, "")
+                            for c in mine), mine
+        assert any(c["algorithm"] == algo for c in mine), mine
 
 
 @requires_cpp
