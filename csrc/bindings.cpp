@@ -5,6 +5,12 @@
 #include "gates.h"
 #include "planes.h"
 
+namespace fastcells {
+// conv_weight_grad.cpp: Winograd F(K x K, 2 x 2) weight gradient, K = 3 or 5, float32.
+at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
+                                     int64_t pad, int64_t chunk_floats);
+}  // namespace fastcells
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastcells fused CPU gate kernels";
   m.def("convlstm_gates_forward", &fastcells::convlstm_gates_forward);
@@ -27,6 +33,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_output_gate_backward", &fastcells::causal_output_gate_backward);
   m.def("ghu_gates_forward", &fastcells::ghu_gates_forward);
   m.def("ghu_gates_backward", &fastcells::ghu_gates_backward);
+  m.def("conv_weight_grad_winograd", &fastcells::conv_weight_grad_winograd);
   m.def(
       "set_poison_outputs", [](bool on) { fastcells::poison_outputs() = on; },
       "Test hook: NaN-fill kernel outputs before the kernels write them.");

@@ -9,13 +9,17 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 :class:`MKLSTM`, :class:`ConvTTLSTM`, :class:`CausalLSTM` (PredRNN++), :class:`MIM`. Every
 module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
-:func:`patch` swaps them into models built on the public implementations
-(:mod:`fastcells.patching`); :mod:`fastcells.models` is the model zoo built on them.
+:func:`set_conv_algorithm` chooses how the C++ backend runs the convolutions (autotuned by
+default, :mod:`fastcells.ops.conv`). :func:`patch` swaps them into models built on the
+public implementations (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model
+zoo built on them.
 """
 from .backends import available_backends
 from .cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, GradientHighwayUnit, MIMBlock,
                     MIMCell, MIMNCell, MKLSTMCell, SpatioTemporalLSTMCell, SplitConvLSTMCell)
 from .layers import MIM, CausalLSTM, ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
+from .ops.conv import (clear_conv_algorithm_cache, conv_algorithm, conv_algorithm_cache,
+                       get_conv_algorithm, set_conv_algorithm)
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
 
@@ -29,4 +33,6 @@ __all__ = [
     "ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM", "CausalLSTM", "MIM",
     "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",
+    "set_conv_algorithm", "get_conv_algorithm", "conv_algorithm", "conv_algorithm_cache",
+    "clear_conv_algorithm_cache",
 ]

@@ -11,6 +11,13 @@ GPU_TESTS = os.environ.get("FASTCELLS_GPU_TESTS", "0") == "1"
 if not GPU_TESTS:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The C++ backend's convolutions (fastcells/ops/conv.py) run a forced, deterministic choice
+# in the test suite: NNPACK for forward and data gradient where it passes its check against
+# oneDNN (oneDNN where not), the matmul weight gradient. Autotuning ("auto", the library's
+# default) would time every new shape and pick by load; tests/test_conv_autotune.py tests it,
+# with the cells. Set FASTCELLS_CONV_ALGO=auto (or anything else) to run the suite so.
+os.environ.setdefault("FASTCELLS_CONV_ALGO", "forward=nnpack,input=nnpack,weight=matmul")
+
 import pytest  # noqa: E402
 
 from fastcells import _ext  # noqa: E402

@@ -256,17 +256,3 @@ def test_reference_convlstm_matches_equations():
     h_t = torch.sigmoid(o + w[2] * c_t) * torch.tanh(c_t)
     for a, e in zip(cell(x, (h, c)), (h_t, c_t)):
         assert_close(a, e, 1e-6)
-
-
-def test_thin_input_conv_matches_conv2d_and_gradchecks():
-    """The few-channel input convolution of the fused backends (cells/_conv.py)."""
-    from fastcells.cells._conv import ThinInputConv
-    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(5, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: ThinInputConv.apply(*a, 1), (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w: ThinInputConv.apply(x, w, None, 2),
-                                    (x, torch.randn(3, 2, 5, 5, dtype=torch.float64,
-                                                    requires_grad=True)))
-    z = ThinInputConv.apply(x.float(), w.float(), b.float(), 1)
-    assert_close(z, torch.nn.functional.conv2d(x.float(), w.float(), b.float(), padding=1), 1e-6)

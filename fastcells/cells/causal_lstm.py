@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from .._checks import check_tensor
 from ..ops.causal_lstm_gates import FORGET_BIAS
-from ._conv import input_conv
+from ._conv import conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -29,10 +29,8 @@ class _ConvBlocks:
             return nn.Sequential(conv, nn.LayerNorm([cout, *self.spatial_size]))
         return nn.Sequential(conv)
 
-    def _conv(self, p: dict, name: str, x: Tensor, step_input: bool = False) -> Tensor:
-        w, b = p[f"{name}.0.weight"], p.get(f"{name}.0.bias")
-        z = (input_conv(x, w, b, self.padding) if step_input
-             else F.conv2d(x, w, b, padding=self.padding))
+    def _conv(self, backend: str, p: dict, name: str, x: Tensor) -> Tensor:
+        z = conv(backend, x, p[f"{name}.0.weight"], p.get(f"{name}.0.bias"), self.padding)
         if self.layer_norm:
             z = F.layer_norm(z, z.shape[1:], p[f"{name}.1.weight"], p[f"{name}.1.bias"])
         return z
@@ -107,19 +105,20 @@ class CausalLSTMCell(_ConvBlocks, CellBase):
     def input_projection(self, x: Tensor) -> Tensor:
         """conv_x for every frame of x (B, T, Cin, H, W) at once."""
         b, t = x.shape[:2]
-        z = self._conv(self._params(), "conv_x", x.reshape(b * t, *x.shape[2:]))
+        z = self._conv(self._backend_for(x), self._params(), "conv_x",
+                       x.reshape(b * t, *x.shape[2:]))
         return z.view(b, t, *z.shape[1:])
 
     def _step(self, backend, p, x, zx, h, c_prev, m_prev):
         gates, fb = self._gates(backend), self.forget_bias
         if zx is None:
-            zx = self._conv(p, "conv_x", x, step_input=backend != "reference")
-        c, o_partial, zp = gates.causal_c(zx, self._conv(p, "conv_h", h),
-                                          self._conv(p, "conv_c", c_prev),
-                                          self._conv(p, "conv_m", m_prev), c_prev, fb)
-        m, cm, o_sum = gates.causal_m(zp, self._conv(p, "conv_c2m", c), c, o_partial, fb)
-        zl = F.conv2d(cm, p["conv_last.weight"], p.get("conv_last.bias"))
-        return gates.causal_output(o_sum, self._conv(p, "conv_om", m), zl), c, m
+            zx = self._conv(backend, p, "conv_x", x)
+        c, o_partial, zp = gates.causal_c(zx, self._conv(backend, p, "conv_h", h),
+                                          self._conv(backend, p, "conv_c", c_prev),
+                                          self._conv(backend, p, "conv_m", m_prev), c_prev, fb)
+        m, cm, o_sum = gates.causal_m(zp, self._conv(backend, p, "conv_c2m", c), c, o_partial, fb)
+        zl = conv(backend, cm, p["conv_last.weight"], p.get("conv_last.bias"))
+        return gates.causal_output(o_sum, self._conv(backend, p, "conv_om", m), zl), c, m
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", kernel_size={self.kernel_size}"
@@ -190,8 +189,8 @@ class GradientHighwayUnit(_ConvBlocks, CellBase):
 
     def _step(self, backend, p, x, zx, z_prev):
         if zx is None:
-            zx = self._conv(p, "x_concat", x)
-        return (self._gates(backend).ghu(zx, self._conv(p, "z_concat", z_prev), z_prev),)
+            zx = self._conv(backend, p, "x_concat", x)
+        return (self._gates(backend).ghu(zx, self._conv(backend, p, "z_concat", z_prev), z_prev),)
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", kernel_size={self.kernel_size}"

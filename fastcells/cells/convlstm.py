@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from .._checks import check_odd_kernel
 from ..ops.conv_gates import conv_gates_triton
-from ._conv import input_hidden_conv
+from ._conv import conv, input_hidden_conv
 from .base import CellBase
 
 
@@ -69,7 +69,8 @@ class ConvLSTMCell(CellBase):
         b, t = x.shape[:2]
         p = self._params()
         w = p["conv.weight"][:, : self.input_size]
-        z = F.conv2d(x.reshape(b * t, *x.shape[2:]), w, p.get("conv.bias"), padding=self.padding)
+        z = conv(self._backend_for(x), x.reshape(b * t, *x.shape[2:]), w, p.get("conv.bias"),
+                 self.padding)
         return z.view(b, t, *z.shape[1:])
 
     def _step(self, backend, p, x, zx, h, c):
@@ -82,7 +83,7 @@ class ConvLSTMCell(CellBase):
         if backend == "reference":
             z = F.conv2d(torch.cat([x, h], dim=1), weight, bias, padding=self.padding)
         else:
-            z = input_hidden_conv(x, h, weight, bias, self.padding, zx)
+            z = input_hidden_conv(backend, x, h, weight, bias, self.padding, zx)
         return self._gates(backend).convlstm(z, c, p.get("peephole_weight"), self.forget_bias)
 
     def extra_repr(self) -> str:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from .._checks import check_state, check_tensor
 from ..ops.ctt import ctt_chain_ref, ctt_chain_triton
-from ._conv import input_hidden_conv
+from ._conv import conv, input_hidden_conv
 from .base import CellBase
 from .._checks import check_int
 from .convlstm import _check_odd
@@ -173,8 +173,8 @@ class ConvTTLSTMCell(CellBase):
         """The input part of G_last for every frame of x (B, T, Cin, H, W) at once."""
         b, t = x.shape[:2]
         p, last = self._params(), f"factors.{self.order - 1}"
-        z = F.conv2d(x.reshape(b * t, *x.shape[2:]), p[f"{last}.weight"][:, : self.input_size],
-                     p.get(f"{last}.bias"), padding=self.padding)
+        z = conv(self._backend_for(x), x.reshape(b * t, *x.shape[2:]),
+                 p[f"{last}.weight"][:, : self.input_size], p.get(f"{last}.bias"), self.padding)
         return z.view(b, t, *z.shape[1:])
 
     def _step(self, backend, p, x, zx, c, *slots, head: int = 0):
@@ -198,16 +198,15 @@ class ConvTTLSTMCell(CellBase):
                 for level in range(N):
                     # Sum of per-state convolutions: the window is never concatenated.
                     w, bias = chain[0][level], chain[1][level]
-                    pre = F.conv2d(history[level], w[..., 0], bias, padding=pad)
+                    pre = conv(backend, history[level], w[..., 0], bias, pad)
                     for d in range(1, D):
-                        pre = pre.add_(F.conv2d(history[level + d], w[..., d], None,
-                                                padding=pad))
+                        pre = pre.add_(conv(backend, history[level + d], w[..., d], None, pad))
                     if v is None:
                         v = pre
                     else:
-                        v = F.conv2d(v, chain[2][level - 1], chain[3][level - 1], padding=pad)
+                        v = conv(backend, v, chain[2][level - 1], chain[3][level - 1], pad)
                         v = v.add_(pre)
-            z = input_hidden_conv(x, v, w_last, b_last, pad, zx)
+            z = input_hidden_conv(backend, x, v, w_last, b_last, pad, zx)
         h, c = self._gates(backend).convlstm(z, c, None, 0.0)
         return h, c
 

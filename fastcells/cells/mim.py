@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_nonempty, check_tensor
-from ._conv import input_conv
+from ._conv import conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -71,10 +71,8 @@ class _MIMBase(CellBase):
             return nn.Sequential(conv, nn.LayerNorm([cout, *self.spatial_size]))
         return nn.Sequential(conv)
 
-    def _conv(self, p: dict, name: str, x: Tensor, step_input: bool = False) -> Tensor:
-        w, b = p[f"{name}.0.weight"], p.get(f"{name}.0.bias")
-        z = (input_conv(x, w, b, self.padding) if step_input
-             else F.conv2d(x, w, b, padding=self.padding))
+    def _conv(self, backend: str, p: dict, name: str, x: Tensor) -> Tensor:
+        z = conv(backend, x, p[f"{name}.0.weight"], p.get(f"{name}.0.bias"), self.padding)
         if self.layer_norm:
             z = F.layer_norm(z, z.shape[1:], p[f"{name}.1.weight"], p[f"{name}.1.bias"])
         return z
@@ -173,9 +171,8 @@ class MIMNCell(_MIMBase):
     def _step(self, backend, p, x, zx, h, c):
         z_x = None
         if x is not None:
-            z_x = zx if zx is not None else self._conv(p, "conv_x_concat", x,
-                                                       step_input=backend != "reference")
-        return self._gates(backend).mims(self._conv(p, "conv_h_concat", h), z_x, c,
+            z_x = zx if zx is not None else self._conv(backend, p, "conv_x_concat", x)
+        return self._gates(backend).mims(self._conv(backend, p, "conv_h_concat", h), z_x, c,
                                          p["ct_weight"], p["oc_weight"])
 
     def extra_repr(self) -> str:
@@ -257,14 +254,14 @@ class MIMBlock(_MIMBase):
         gates = self._gates(backend)
         C = self.hidden_size
         if zx is None:
-            zx = self._conv(p, "conv_x_cc", x, step_input=backend != "reference")
-        zt = self._conv(p, "conv_t_cc", h)
-        zs = self._conv(p, "conv_s_cc", m)
+            zx = self._conv(backend, p, "conv_x_cc", x)
+        zt = self._conv(backend, p, "conv_t_cc", h)
+        zs = self._conv(backend, p, "conv_s_cc", m)
         # the stationarity module: hidden state c_{t-1}, input diff_h, cell state n
-        n_h, n = gates.mims(self._conv(p, "conv_h_concat", c),
-                            self._conv(p, "conv_x_concat", diff_h), n,
+        n_h, n = gates.mims(self._conv(backend, p, "conv_h_concat", c),
+                            self._conv(backend, p, "conv_x_concat", diff_h), n,
                             p["ct_weight"], p["oc_weight"])
         c, m, cm, o_partial = gates.mim_block(zx, zt, zs, m, n_h)
-        zl = F.conv2d(cm, p["conv_last.weight"], p.get("conv_last.bias"))
+        zl = conv(backend, cm, p["conv_last.weight"], p.get("conv_last.bias"))
         h = gates.output(o_partial, zs[:, 3 * C:], zl)
         return h, c, m, n

@@ -17,11 +17,10 @@ with the convolutions between them (see :meth:`MIMCell._step`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_nonempty, check_tensor
-from ._conv import input_conv
+from ._conv import conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -116,11 +115,9 @@ class MIMCell(CellBase):
         check_tensor(t, name, shape, self._any_param())
         check_nonempty(t, name, shape)
 
-    def _conv(self, p: dict, name: str, t: Tensor, step_input: bool = False) -> Tensor:
-        w, b = p[f"{name}.weight"], p.get(f"{name}.bias")
-        if step_input:
-            return input_conv(t, w, b, self.padding)
-        return F.conv2d(t, w, b, padding=w.shape[-1] // 2)
+    def _conv(self, backend: str, p: dict, name: str, t: Tensor) -> Tensor:
+        w = p[f"{name}.weight"]
+        return conv(backend, t, w, p.get(f"{name}.bias"), w.shape[-1] // 2)
 
     @staticmethod
     def _memory(gates, z: Tensor, c_prev: Tensor) -> Tensor:
@@ -136,26 +133,30 @@ class MIMCell(CellBase):
     def _step(self, backend, p, x, zx, x_prev, m, h, c, n, s, first_layer=False):
         gates = self._gates(backend)
         C = self.hidden_size
-        fused = backend != "reference"
+
+        def cv(name, t):
+            return self._conv(backend, p, name, t)
+
         d = x - x_prev
         # non-stationary module: n' and its output D (output gate peeps at n' by convolution)
-        z_n = self._conv(p, "conv_x2h_n", d, fused) + self._conv(p, "conv_n2h_n", n)
+        z_n = cv("conv_x2h_n", d) + cv("conv_n2h_n", n)
         n = self._memory(gates, z_n, n)
-        D = gates.output(self._conv(p, "conv_diff2o", d, fused), self._conv(p, "conv_n2o", n), n)
+        D = gates.output(cv("conv_diff2o", d), cv("conv_n2o", n), n)
         # stationary module: hidden state c, input D
-        z_s = self._conv(p, "conv_x2h_s", D) + self._conv(p, "conv_c2h_s", c)
+        z_s = cv("conv_x2h_s", D) + cv("conv_c2h_s", c)
         s = self._memory(gates, z_s, s)
-        T = gates.output(z_s[:, 3 * C:], self._conv(p, "conv_s2o", s), s)
-        z = self._conv(p, "conv_x2h", x, fused) + self._conv(p, "conv_h2h", h)
+        T = gates.output(z_s[:, 3 * C:], cv("conv_s2o", s), s)
+        z = cv("conv_x2h", x) + cv("conv_h2h", h)
         if first_layer:
             c = self._memory(gates, z, c)
         else:
             # T replaces the forget term: no gate op has this form, so it is eager
             c = T + torch.sigmoid(z[:, :C]) * torch.tanh(z[:, 2 * C:3 * C])
-        z_m = self._conv(p, "conv_x2h_m", x, fused) + self._conv(p, "conv_m2h_m", m)
+        z_m = cv("conv_x2h_m", x) + cv("conv_m2h_m", m)
         m = self._memory(gates, z_m, m)
-        zl = F.conv2d(torch.cat((c, m), dim=1), p["conv_c_m.weight"], p.get("conv_c_m.bias"))
-        h = gates.output(z[:, 3 * C:], self._conv(p, "conv_c2o", c) + self._conv(p, "conv_m2o", m),
+        zl = conv(backend, torch.cat((c, m), dim=1), p["conv_c_m.weight"],
+                  p.get("conv_c_m.bias"))
+        h = gates.output(z[:, 3 * C:], cv("conv_c2o", c) + cv("conv_m2o", m),
                          zl)
         return h, c, n, s, m
 

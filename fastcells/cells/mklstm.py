@@ -1,10 +1,9 @@
 """Multi-kernel LSTM cell of MS-LSTM (Ma et al.), CELLS.md section 3."""
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._conv import input_conv
+from ._conv import conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -57,37 +56,37 @@ class MKLSTMCell(CellBase):
         self.conv_c2o = convs(C, C)
         self.conv_out = nn.Conv2d(2 * C, C, 1)
 
-    def _conv(self, p: dict, name: str, branch: int, x: Tensor) -> Tensor:
-        return F.conv2d(x, p[f"{name}.{branch}.weight"], p[f"{name}.{branch}.bias"],
-                        padding=self.kernel_sizes[branch] // 2)
+    def _conv(self, backend: str, p: dict, name: str, branch: int, x: Tensor) -> Tensor:
+        return conv(backend, x, p[f"{name}.{branch}.weight"], p[f"{name}.{branch}.bias"],
+                    self.kernel_sizes[branch] // 2)
 
     def input_projection(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Both input convolutions (with both biases) for every frame of x (B, T, Cin, H, W)."""
         b, t = x.shape[:2]
-        flat, p = x.reshape(b * t, *x.shape[2:]), self._params()
+        flat, p, backend = x.reshape(b * t, *x.shape[2:]), self._params(), self._backend_for(x)
         return tuple(
-            F.conv2d(flat, p[f"conv_x2h.{k}.weight"],
-                     p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
-                     padding=self.kernel_sizes[k] // 2).view(b, t, -1, *x.shape[3:])
+            conv(backend, flat, p[f"conv_x2h.{k}.weight"],
+                 p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
+                 self.kernel_sizes[k] // 2).view(b, t, -1, *x.shape[3:])
             for k in (0, 1))
 
     def _step(self, backend, p, x, zx, h, c1, c2):
         gates = self._gates(backend)
         if backend == "reference":
-            z1, z2 = (self._conv(p, "conv_x2h", k, x) + self._conv(p, "conv_h2h", k, h)
-                      for k in (0, 1))
+            z1, z2 = (self._conv(backend, p, "conv_x2h", k, x)
+                      + self._conv(backend, p, "conv_h2h", k, h) for k in (0, 1))
         else:
             # Split, never [x; h]: a concatenated copy kept for backward would cost 2C per
             # step. The input convolutions carry both biases (CELLS.md allows summing them).
             if zx is None:
-                zx = [input_conv(x, p[f"conv_x2h.{k}.weight"],
-                                 p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
-                                 self.kernel_sizes[k] // 2) for k in (0, 1)]
-            z1, z2 = (F.conv2d(h, p[f"conv_h2h.{k}.weight"], None,
-                               padding=self.kernel_sizes[k] // 2).add_(zx[k]) for k in (0, 1))
+                zx = [conv(backend, x, p[f"conv_x2h.{k}.weight"],
+                           p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
+                           self.kernel_sizes[k] // 2) for k in (0, 1)]
+            z1, z2 = (conv(backend, h, p[f"conv_h2h.{k}.weight"], None,
+                           self.kernel_sizes[k] // 2).add_(zx[k]) for k in (0, 1))
         c1, c2, cc, o_partial = gates.mklstm(z1, z2, c1, c2)
-        zo = self._conv(p, "conv_c2o", 0, c1) + self._conv(p, "conv_c2o", 1, c2)
-        zl = F.conv2d(cc, p["conv_out.weight"], p["conv_out.bias"])
+        zo = self._conv(backend, p, "conv_c2o", 0, c1) + self._conv(backend, p, "conv_c2o", 1, c2)
+        zl = conv(backend, cc, p["conv_out.weight"], p["conv_out.bias"])
         return gates.output(o_partial, zo, zl), c1, c2
 
     def extra_repr(self) -> str:

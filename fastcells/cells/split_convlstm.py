@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._conv import input_conv
+from ._conv import conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -88,10 +88,8 @@ class SplitConvLSTMCell(CellBase):
             self.conv_o = block(2 * C, C, False)
             self.conv_last = nn.Conv2d(2 * C, C, 1, bias=False)
 
-    def _conv(self, p: dict, name: str, x: Tensor, step_input: bool = False) -> Tensor:
-        w, b = p[f"{name}.0.weight"], p.get(f"{name}.0.bias")
-        z = (input_conv(x, w, b, self.padding) if step_input
-             else F.conv2d(x, w, b, padding=self.padding))
+    def _conv(self, backend: str, p: dict, name: str, x: Tensor) -> Tensor:
+        z = conv(backend, x, p[f"{name}.0.weight"], p.get(f"{name}.0.bias"), self.padding)
         if self.layer_norm:
             z = F.layer_norm(z, z.shape[1:], p[f"{name}.1.weight"], p[f"{name}.1.bias"])
         return z
@@ -99,13 +97,14 @@ class SplitConvLSTMCell(CellBase):
     def input_projection(self, x: Tensor) -> Tensor:
         """conv_x (and its LayerNorm) for every frame of x (B, T, Cin, H, W) at once."""
         b, t = x.shape[:2]
-        z = self._conv(self._params(), "conv_x", x.reshape(b * t, *x.shape[2:]))
+        z = self._conv(self._backend_for(x), self._params(), "conv_x",
+                       x.reshape(b * t, *x.shape[2:]))
         return z.view(b, t, *z.shape[1:])
 
     def _step(self, backend, p, x, zx, h, c):
         if zx is None:
-            zx = self._conv(p, "conv_x", x, step_input=backend != "reference")
-        zh = self._conv(p, "conv_h", h)
+            zx = self._conv(backend, p, "conv_x", x)
+        zh = self._conv(backend, p, "conv_h", h)
         if backend == "reference":  # CELLS.md section 5, as written
             i, f, g, o = torch.split(zx + zh, self.hidden_size, dim=1)
             c = torch.sigmoid(f + self.forget_bias) * c + torch.sigmoid(i) * torch.tanh(g)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._conv import input_conv
+from ._conv import conv
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -72,10 +72,8 @@ class SpatioTemporalLSTMCell(CellBase):
         self.conv_o = block(2 * C, C)
         self.conv_last = nn.Conv2d(2 * C, C, 1, bias=bias)
 
-    def _conv(self, p: dict, name: str, x: Tensor, step_input: bool = False) -> Tensor:
-        w, b = p[f"{name}.0.weight"], p.get(f"{name}.0.bias")
-        z = (input_conv(x, w, b, self.padding) if step_input
-             else F.conv2d(x, w, b, padding=self.padding))
+    def _conv(self, backend: str, p: dict, name: str, x: Tensor) -> Tensor:
+        z = conv(backend, x, p[f"{name}.0.weight"], p.get(f"{name}.0.bias"), self.padding)
         if self.layer_norm:
             z = F.layer_norm(z, z.shape[1:], p[f"{name}.1.weight"], p[f"{name}.1.bias"])
         return z
@@ -83,7 +81,8 @@ class SpatioTemporalLSTMCell(CellBase):
     def input_projection(self, x: Tensor) -> Tensor:
         """conv_x for every frame of x (B, T, Cin, H, W) at once."""
         b, t = x.shape[:2]
-        z = self._conv(self._params(), "conv_x", x.reshape(b * t, *x.shape[2:]))
+        z = self._conv(self._backend_for(x), self._params(), "conv_x",
+                       x.reshape(b * t, *x.shape[2:]))
         return z.view(b, t, *z.shape[1:])
 
     def forward(self, x: Tensor, state=None, return_deltas: bool = False):
@@ -94,12 +93,12 @@ class SpatioTemporalLSTMCell(CellBase):
     def _step(self, backend, p, x, zx, h, c, m, return_deltas=False):
         gates = self._gates(backend)
         if zx is None:
-            zx = self._conv(p, "conv_x", x, step_input=backend != "reference")
-        c, m, cm, o_partial, deltas = gates.stlstm(zx, self._conv(p, "conv_h", h),
-                                                   self._conv(p, "conv_m", m), c, m,
+            zx = self._conv(backend, p, "conv_x", x)
+        c, m, cm, o_partial, deltas = gates.stlstm(zx, self._conv(backend, p, "conv_h", h),
+                                                   self._conv(backend, p, "conv_m", m), c, m,
                                                    return_deltas, self.forget_bias)
-        zl = F.conv2d(cm, p["conv_last.weight"], p.get("conv_last.bias"))
-        h = gates.output(o_partial, self._conv(p, "conv_o", cm), zl)
+        zl = conv(backend, cm, p["conv_last.weight"], p.get("conv_last.bias"))
+        h = gates.output(o_partial, self._conv(backend, p, "conv_o", cm), zl)
         return (h, c, m, *deltas) if return_deltas else (h, c, m)
 
     def extra_repr(self) -> str:

@@ -3,6 +3,8 @@
 Every op has the same signature in each backend; :data:`GATES` maps a backend name to the
 implementations the cells call. :func:`conv_gates_triton` (convolution and gates in one
 kernel, the ``fused_conv`` option of ConvLSTMCell) has no counterpart on the other backends.
+:func:`conv2d` is the C++ backend's convolution (algorithms autotuned per shape), beside its
+reference ``conv2d_ref`` (``F.conv2d``).
 """
 from types import SimpleNamespace
 
@@ -11,6 +13,7 @@ from .causal_lstm_gates import (causal_c_gates_cpp, causal_c_gates_cuda, causal_
                                 causal_m_gates_ref, causal_m_gates_triton,
                                 causal_output_gate_cpp, causal_output_gate_cuda,
                                 causal_output_gate_ref, causal_output_gate_triton)
+from .conv import conv2d, conv2d_ref
 from .conv_gates import conv_gates_ref, conv_gates_triton
 from .convlstm_gates import (convlstm_gates_cpp, convlstm_gates_cuda, convlstm_gates_ref,
                              convlstm_gates_triton)
@@ -60,4 +63,4 @@ __all__ = ["GATES",
            "conv_gates_ref", "conv_gates_triton",
            "mims_gates_ref", "mims_gates_cpp", "mims_gates_triton", "mims_gates_cuda",
            "mim_block_gates_ref", "mim_block_gates_cpp", "mim_block_gates_triton",
-           "mim_block_gates_cuda"]
+           "mim_block_gates_cuda", "conv2d", "conv2d_ref"]

@@ -25,12 +25,11 @@ parts), see :meth:`MSRNNPredRNNPlus2Cell._step`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_tensor
 from ..cells import CausalLSTMCell
-from ..cells._conv import input_conv
+from ..cells._conv import conv as backend_conv
 from .dropin import (
     PROBE_SHAPE,
     DropIn,
@@ -103,7 +102,6 @@ class MSRNNPredRNNPlus2Cell(DropIn, CausalLSTMCell):
 
     def _step(self, backend, p, x, zx, h, c_prev, m_prev, z_prev=None, ghu=False):
         gates, C, pad = self._gates(backend), self.hidden_size, self.padding
-        fused = backend != "reference"
 
         def w(name):
             return p[f"{name}.weight"]
@@ -112,11 +110,10 @@ class MSRNNPredRNNPlus2Cell(DropIn, CausalLSTMCell):
             return p.get(f"{name}.bias")
 
         def conv(t, weight, bias=None, padding=pad):
-            return F.conv2d(t, weight, bias, padding=padding)
+            return backend_conv(backend, t, weight, bias, padding)
 
         if ghu:
-            zg = (input_conv(x, w("_conv_x"), b("_conv_x"), pad) if fused
-                  else conv(x, w("_conv_x"), b("_conv_x")))
+            zg = conv(x, w("_conv_x"), b("_conv_x"))
             z_new = gates.ghu(zg, conv(z_prev, w("_conv_z"), b("_conv_z")), z_prev)
             x = z_new
         w_hc, w_cm, w_o = w("_conv_x_h_c"), w("_conv_x_c_m"), w("_conv_o")
@@ -124,7 +121,7 @@ class MSRNNPredRNNPlus2Cell(DropIn, CausalLSTMCell):
         # stage 1: c'
         wx = torch.cat((w_hc[:, :C], w_cm[:, :C], w_o[:, :C]))
         bx = None if bias is None else torch.cat((bias, b("_conv_x_c_m"), b("_conv_o")))
-        zx = input_conv(x, wx, bx, pad) if (fused and not ghu) else conv(x, wx, bx)
+        zx = conv(x, wx, bx)
         zh = conv(h, torch.cat((w_hc[:, C:2 * C], w_hc.new_zeros(C, C, *w_hc.shape[2:]))))
         zc = conv(c_prev, w_hc[:, 2 * C:])
         zmk = conv(m_prev, w_cm[:, 2 * C:])  # i'_m, f'_m, g'_m
@@ -137,7 +134,7 @@ class MSRNNPredRNNPlus2Cell(DropIn, CausalLSTMCell):
         zc2m[:, C:2 * C] += zmk[:, 2 * C:]  # g'_m joins g'_c (conv2d keeps no output)
         m, cm, o_sum = gates.causal_m(zp, zc2m, c, o_partial, 0.0)
         # stage 3: h'
-        zl = F.conv2d(cm, w("_conv_c_m"), b("_conv_c_m"))
+        zl = conv(cm, w("_conv_c_m"), b("_conv_c_m"), 0)
         h = gates.causal_output(o_sum, conv(m, w_o[:, 2 * C:]), zl)
         return (h, c, m, z_new) if ghu else (h, c, m)
 
