@@ -1,6 +1,7 @@
 """The C++ backend's convolution entry point (fastcells/ops/conv.py): every algorithm of
 every pass against F.conv2d, the autograd path in float64, the cache and the forced
 choices, NNPACK missing / failing / wrong, and the cells with each algorithm forced."""
+import time
 import warnings
 
 import pytest
@@ -191,15 +192,67 @@ def test_one_timing_per_shape(monkeypatch):
     for pass_ in C.PASSES:
         choice = choices[pass_]
         assert choice["algorithm"] in choice["ms"] and set(choice["ms"]) <= set(C.ALGORITHMS[pass_])
-        assert choice["algorithm"] == min(choice["ms"], key=choice["ms"].get)
-    # the cached choice runs, and only it, from then on
+        assert choice["algorithm"] == C.pick(choice["ms"])
+    # the cached choice runs, and only it, from then on (where all three are oneDNN the call
+    # is F.conv2d itself, not seen by the spy)
     calls = _spy(monkeypatch)
     C.conv2d(x, w, b, pad).sum().backward()
-    assert sorted(calls) == sorted((p, choices[p]["algorithm"]) for p in C.PASSES)
+    if all(choices[p]["algorithm"] == "onednn" for p in C.PASSES):
+        assert calls == {}
+    else:
+        assert sorted(calls) == sorted((p, choices[p]["algorithm"]) for p in C.PASSES)
     assert C.stats["timings"] == 3
     # another layout is another key
     C.conv2d(x.contiguous(memory_format=torch.channels_last).detach(), w, b, pad)
     assert C.stats["timings"] == 4 and len(fc.conv_algorithm_cache()) == 2
+
+
+def test_pick_prefers_onednn_in_a_near_tie():
+    assert C.pick({"onednn": 10.0, "nnpack": 9.5}) == "onednn"  # within the margin
+    assert C.pick({"onednn": 10.0, "nnpack": 8.9}) == "nnpack"
+    assert C.pick({"onednn": 10.0, "nnpack": 12.0, "matmul": 11.0}) == "onednn"
+    assert C.pick({"nnpack": 3.0, "matmul": 2.0}) == "matmul"  # no oneDNN timed: fastest
+
+
+def _slowed(monkeypatch, seconds=0.02):
+    """Every non-oneDNN implementation made slower than oneDNN (it sleeps first)."""
+    for pass_, impls in C.IMPLEMENTATIONS.items():
+        for algo, fn in list(impls.items()):
+            if algo != "onednn":
+                def slow(*args, fn=fn):
+                    time.sleep(seconds)
+                    return fn(*args)
+                monkeypatch.setitem(impls, algo, slow)
+
+
+def test_all_onednn_keys_run_plain_conv2d(monkeypatch):
+    """Where auto chose oneDNN for every pass a call needs, the call is F.conv2d itself: no
+    autograd.Function (eager's cost), same values and gradients; inference needs only the
+    forward's choice."""
+    _slowed(monkeypatch)
+    x, w, b, pad = _case_tensors(CASES[0])
+    x.requires_grad_()
+    C.conv2d(x, w, b, pad).sum().backward()  # first call: times and chooses every pass
+    assert all(c["algorithm"] == "onednn"
+               for c in fc.conv_algorithm_cache()[next(iter(fc.conv_algorithm_cache()))]
+               .values())
+    applied = []
+    monkeypatch.setattr(C._Conv2d, "apply", lambda *a: applied.append(a))
+    y = C.conv2d(x, w, b, pad)
+    assert applied == [] and y.grad_fn.name() == F.conv2d(x, w, b, padding=pad).grad_fn.name()
+    got = torch.autograd.grad(y.sum(), (x, w, b))
+    want = torch.autograd.grad(F.conv2d(x, w, b, padding=pad).sum(), (x, w, b))
+    for a, e in zip(got, want):
+        assert torch.equal(a, e)
+    with torch.no_grad():
+        assert torch.equal(C.conv2d(x, w, b, pad), F.conv2d(x, w, b, padding=pad))
+    # a key whose input pass was never chosen (x needed no gradient) is not bypassed for a
+    # call that needs it before that pass is chosen
+    x2 = torch.randn(1, *x.shape[1:])
+    with torch.no_grad():
+        C.conv2d(x2, w, b, pad)  # forward chosen only
+    C.conv2d(x2.requires_grad_(), w, b, pad)
+    assert len(applied) == 1
 
 
 def test_forced_choice_is_obeyed(monkeypatch):
@@ -420,3 +473,121 @@ def test_layer_batched_projection_goes_through_the_dispatcher(layer):
         assert_close(a, e, RTOL[torch.float32])
     # the (B*T)-frame input projection is one of the keys
     assert any(k.input[0] == 6 for k in fc.conv_algorithm_cache())
+
+
+# ----------------------------------------------------------------------------- routing
+def _direct_conv2d_calls(fn) -> list[str]:
+    """Run ``fn`` (forward and backward) and list the fastcells files, other than the
+    dispatcher itself, from which ``F.conv2d`` was called (directly, or through an
+    ``nn.Conv2d``): on the cpp backend every convolution must go through the dispatcher."""
+    import os
+    import sys
+    root = os.path.dirname(os.path.abspath(fc.__file__))
+    torch_root = os.path.dirname(os.path.abspath(torch.__file__))
+    allowed = os.path.join(root, "ops", "conv.py")
+    real, callers = F.conv2d, []
+
+    def spy(*args, **kwargs):
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(torch_root):
+            frame = frame.f_back  # nn.Conv2d.forward and the like: who called them
+        if frame is not None:
+            path = os.path.abspath(frame.f_code.co_filename)
+            if path.startswith(root) and path != allowed:
+                callers.append(f"{os.path.relpath(path, root)}:{frame.f_lineno}")
+        return real(*args, **kwargs)
+
+    F.conv2d = spy
+    try:
+        fn()
+    finally:
+        F.conv2d = real
+    return callers
+
+
+def _cell_step(name, memory_efficient):
+    """One step forward and backward of a cpp cell (its memory-efficient twin recomputes its
+    convolutions in backward)."""
+    b, cin, hidden, size = 2, 3, 4, (7, 6)
+    kw = {"memory_efficient": memory_efficient}
+    if name in CELL_NAMES:
+        cell = make_cells(name, [("cpp", kw)], cin=cin, hidden=hidden, spatial=size)[0]
+        args = (torch.randn(b, cin, *size, requires_grad=True),)
+    elif name == "ghu":
+        cell = fc.GradientHighwayUnit(hidden, hidden, backend="cpp", **kw)
+        args = (torch.randn(b, hidden, *size, requires_grad=True),
+                torch.randn(b, hidden, *size, requires_grad=True))
+    elif name == "mim_block":
+        cell = fc.MIMBlock(cin, hidden, spatial_size=size, backend="cpp", **kw)
+        args = (torch.randn(b, cin, *size, requires_grad=True),
+                torch.randn(b, hidden, *size, requires_grad=True))
+    elif name == "mimn":
+        cell = fc.MIMNCell(cin, hidden, spatial_size=size, backend="cpp", **kw)
+        args = (torch.randn(b, cin, *size, requires_grad=True),)
+    else:  # MS-RNN's MIM cell, not the first layer (the T-gated memory)
+        cell = fc.MIMCell(cin, hidden, backend="cpp", **kw)
+        args = (torch.randn(b, cin, *size, requires_grad=True),
+                torch.randn(b, cin, *size, requires_grad=True))
+
+    def run():
+        out = cell(*args)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        loss = sum(o.float().sum() for o in out if torch.is_tensor(o))
+        loss.backward()
+    return run
+
+
+CELL_NAMES = ["convlstm_peephole", "stlstm_bias_ln", "mklstm", "convttlstm", "causal_lstm",
+              "causal_lstm_bias_ln", "split_convlstm_bias_ln"]
+
+
+@requires_cpp
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "memory_efficient"])
+@pytest.mark.parametrize("name", CELL_NAMES + ["ghu", "mim_block", "mimn", "mimcell"])
+def test_every_cell_convolution_goes_through_the_dispatcher(name, memory_efficient):
+    fc.set_conv_algorithm("matmul")  # any non-oneDNN setting engages the dispatcher
+    assert _direct_conv2d_calls(_cell_step(name, memory_efficient)) == []
+    assert fc.conv_algorithm_cache(), "the dispatcher saw no convolution"
+
+
+@requires_cpp
+@pytest.mark.parametrize("layer", ["ConvLSTM", "SpatioTemporalLSTM", "MKLSTM", "ConvTTLSTM",
+                                   "CausalLSTM", "MIM"])
+def test_every_layer_convolution_goes_through_the_dispatcher(layer):
+    fc.set_conv_algorithm("matmul")
+    if layer == "MIM":  # ST-LSTM, then MIM blocks with their MIMN modules
+        module = fc.MIM(3, 4, (7, 6), num_layers=3, backend="cpp")
+    else:
+        module = getattr(fc, layer)(3, 4, num_layers=2, backend="cpp",
+                                    batch_input_projection=True)
+    x = torch.randn(2, 3, 3, 7, 6, requires_grad=True)
+
+    def run():
+        out, _ = module(x)
+        out.sum().backward()
+    assert _direct_conv2d_calls(run) == []
+
+
+@requires_cpp
+def test_patched_msrnn_predrnnpp_goes_through_the_dispatcher():
+    """The MS-RNN PredRNN++ drop-in computes its own convolutions (its weights stay in
+    MS-RNN's layout)."""
+    from .public import msrnn_predrnnpp as public
+    fc.set_conv_algorithm("matmul")
+    model = public.PredRNN_Plus2(3, 4, (2, 7, 6), 2, 3)
+    fc.patch(model, backend="cpp")
+    x = torch.randn(2, 3, 3, 7, 6, requires_grad=True)
+    assert _direct_conv2d_calls(lambda: model(x).sum().backward()) == []
+
+
+def test_direct_conv2d_calls_are_seen():
+    """The check above can fail: the reference backend calls F.conv2d from fastcells files
+    (cells/_conv.py's non-cpp branch, the reference ConvLSTM step), and a user's nn.Conv2d
+    called from a fastcells file is traced to that file."""
+    from fastcells.cells._conv import conv
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    assert _direct_conv2d_calls(lambda: conv("reference", x, w, None, 1))[0].startswith(
+        "cells/_conv.py:")
+    cell = make_cells("convlstm", [("reference", {})])[0]
+    calls = _direct_conv2d_calls(lambda: cell(torch.randn(1, 3, 9, 11))[0].sum().backward())
+    assert calls and all(c.startswith("cells/convlstm.py:") for c in calls), calls

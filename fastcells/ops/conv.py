@@ -28,7 +28,10 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
 
 - ``"auto"`` (the default): on the first call for a (pass, shapes, padding, dtype, layout,
   threads) key every applicable algorithm runs, interleaved, a few times; the fastest
-  median is cached for the process and used from then on. Why on by default: the choice
+  median is cached for the process and used from then on, but oneDNN keeps a key unless
+  another algorithm is at least 10% faster (:data:`AUTO_MARGIN`). A call whose needed
+  passes all run oneDNN is plain ``F.conv2d`` (no autograd.Function around it), so where
+  nothing wins ``auto`` costs what eager PyTorch does. Why on by default: the choice
   cannot change results beyond rounding (every algorithm is tested against ``F.conv2d`` and
   every non-oneDNN result is checked against oneDNN's on first use, below), the timing is
   paid once per shape (a few runs of that convolution; a training run repeats its shapes
@@ -95,6 +98,11 @@ AUTO_MATMUL_MAX_ROWS = 128
 # (CELLS.md; measured 1.5e-5 on a Conv-TT-LSTM gradient), so it is rejected there. The
 # Winograd weight gradient is at 1-2x oneDNN's at the benchmark sizes.
 VERIFY_FACTOR = 4.0
+# "auto" takes another algorithm over oneDNN only when its median is at most AUTO_MARGIN
+# times oneDNN's. Medians of a few runs on a shared machine swing by 10-20%, a wrong
+# non-oneDNN choice can cost 2x (NNPACK's 3x3 at 64x64, benchmarks/results/cpu_conv.md),
+# and oneDNN is what eager PyTorch runs: a near tie goes to it.
+AUTO_MARGIN = 0.9
 VERIFY_FLOOR = 1e-7
 VERIFY_RTOL64 = 1e-12  # float64: equal to oneDNN's float64 result up to rounding
 _DTYPES = (torch.float32, torch.float64)
@@ -468,12 +476,21 @@ def _choose(pass_: str, setting: str, args, x: Tensor, weight: Tensor, pad,
                 impls[algo](*probe)
                 times[algo].append((time.perf_counter() - t0) * 1e3)
         ms = {a: statistics.median(t) for a, t in times.items()}
-        algorithm = min(ms, key=ms.get)
+        algorithm = pick(ms)
     else:
         algorithm = setting if setting in survivors else "onednn"
     if setting not in ("auto", "onednn") and setting in rejected:
         _warn_once(pass_, setting, rejected[setting])
     return Choice(algorithm, setting, ms, rejected)
+
+
+def pick(ms: dict) -> str:
+    """The algorithm ``"auto"`` takes given median milliseconds per candidate: the fastest,
+    unless it is not oneDNN and not at least 1 / AUTO_MARGIN times as fast as oneDNN."""
+    best = min(ms, key=ms.get)
+    if "onednn" in ms and best != "onednn" and ms[best] > AUTO_MARGIN * ms["onednn"]:
+        return "onednn"
+    return best
 
 
 def _warn_once(pass_: str, algo: str, reason: str) -> None:
@@ -581,9 +598,31 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, padding=0) 
     out_hw = _validate(x, weight, bias, pad)
     key = ConvKey(tuple(x.shape), tuple(weight.shape), pad, str(x.dtype).replace("torch.", ""),
                   _layout(x), torch.get_num_threads())
+    grad = torch.is_grad_enabled()
+    needed = ["forward"]
+    if grad and x.requires_grad:
+        needed.append("input")
+    if grad and weight.requires_grad:
+        needed.append("weight")
+    if len(needed) == 1 and not (grad and bias is not None and bias.requires_grad):
+        # no gradient to compute (inference, a frozen model): the forward alone
+        return _dispatch("forward", key, (x, weight, bias, pad), x, weight, pad, out_hw)
+    if all(_runs_onednn(p, key) for p in needed):
+        # Every pass this call needs was chosen oneDNN: eager's convolution itself, without
+        # the autograd.Function around it (its separate input and weight gradient calls).
+        return F.conv2d(x, weight, bias, padding=pad)
     return _Conv2d.apply(x, weight, bias, pad, key, out_hw)
 
 
-__all__ = ["ALGORITHMS", "VERIFY_FACTOR", "ENV_VAR", "ConvKey", "clear_conv_algorithm_cache",
-           "conv2d", "conv2d_ref", "conv_algorithm", "conv_algorithm_cache", "get_conv_algorithm",
-           "set_conv_algorithm"]
+def _runs_onednn(pass_: str, key: ConvKey) -> bool:
+    """Whether ``pass_`` of ``key`` is known to run oneDNN (forced, or chosen and cached)."""
+    setting = _setting[pass_]
+    if setting == "onednn":
+        return True
+    choice = _cache.get((pass_, setting, key))
+    return choice is not None and choice.algorithm == "onednn"
+
+
+__all__ = ["ALGORITHMS", "AUTO_MARGIN", "VERIFY_FACTOR", "ENV_VAR", "ConvKey",
+           "clear_conv_algorithm_cache", "conv2d", "conv2d_ref", "conv_algorithm",
+           "conv_algorithm_cache", "get_conv_algorithm", "pick", "set_conv_algorithm"]
