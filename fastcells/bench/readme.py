@@ -57,6 +57,10 @@ def render(results_dir: Path | str = RESULTS_DIR) -> str:
         if train is not None:
             lines += _train_section(train, results_dir, device)
         if kernels is not None:
+            if train is not None and kernels["machine"] != machine:
+                # measured in another run (another day, thread count or load): say which
+                lines += ["Kernel tables from another run: " + _machine_line(kernels["machine"]),
+                          ""]
             lines += _kernel_section(kernels, results_dir, device)
     if not found:
         lines += [(f"No results in {_rel(results_dir)} yet: run `python -m fastcells.bench all "

@@ -1,9 +1,10 @@
 """How the cells run their convolutions: every convolution of a cell step goes through
 :func:`conv` (or the two helpers below, built on it), given the step's backend.
 
-On the fused CPU backend (``cpp``) that is :func:`fastcells.ops.conv.conv2d`, which runs
-forward, data gradient and weight gradient each by the fastest of oneDNN, NNPACK and an
-unfold + matmul path, chosen per shape by timing once (``fastcells.set_conv_algorithm``).
+On the fused CPU backend (``cpp``) that is :func:`fastcells.ops.conv.conv2d`: oneDNN
+(``F.conv2d``) by default; with ``fastcells.set_conv_algorithm("auto")`` forward, data
+gradient and weight gradient each by the fastest of oneDNN, NNPACK, unfold + matmul and a
+Winograd weight gradient, chosen per shape by timing once, or a forced one.
 Every other backend (the reference, and the GPU backends, where cuDNN chooses) calls
 ``F.conv2d``. A new cell routes a convolution by writing ``conv(backend, x, w, b, pad)``
 where it would write ``F.conv2d(x, w, b, padding=pad)``.

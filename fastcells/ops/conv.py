@@ -26,25 +26,24 @@ The bias gradient is always ``dy.sum((0, 2, 3))``.
 
 The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV_ALGO``):
 
-- ``"auto"`` (the default): on the first call for a (pass, shapes, padding, dtype, layout,
-  threads) key every applicable algorithm runs, interleaved, a few times; the fastest
-  median is cached for the process and used from then on, but oneDNN keeps a key unless
-  another algorithm is at least 10% faster (:data:`AUTO_MARGIN`). A call whose needed
-  passes all run oneDNN is plain ``F.conv2d`` (no autograd.Function around it), so where
-  nothing wins ``auto`` costs what eager PyTorch does. Why on by default: the choice
-  cannot change results beyond rounding (every algorithm is tested against ``F.conv2d`` and
-  every non-oneDNN result is checked against oneDNN's on first use, below), the timing is
-  paid once per shape (a few runs of that convolution; a training run repeats its shapes
-  thousands of times), and without it the fused backend runs the same convolutions as eager
-  PyTorch, 85-95% of a CPU step (issue 16). Its cost: the first step of each shape runs
-  every candidate; the choice depends on machine load at that moment (force one for
-  bit-reproducible runs across processes).
+- ``"onednn"`` for all passes (the default) switches the dispatcher off: ``conv2d`` is
+  then exactly ``F.conv2d`` (no autograd.Function, no cache), what eager PyTorch runs.
+- ``"auto"``: on the first call for a (pass, shapes, padding, dtype, layout, threads) key
+  every applicable algorithm runs, interleaved, a few times; the fastest median is cached
+  for the process and used from then on, but oneDNN keeps a key unless another algorithm
+  is at least 10% faster (:data:`AUTO_MARGIN`). A call whose needed passes all run oneDNN
+  is plain ``F.conv2d``. Why it is not the default: on the 2-core EPYC it was built on,
+  measured quiet (benchmarks/NOTES.md, "CPU convolution algorithms"), NNPACK and the
+  Winograd weight gradient win isolated 5x5 convolutions by 5-20%, but whole steps and
+  training iterations with ``auto`` came out 0.76-1.18x of oneDNN's (MS-LSTM training:
+  12.0 s vs 10.2 s per iteration): the choices timed on isolated probes do not hold inside
+  a step. Its other costs: the first step of each shape runs every candidate, and the
+  choice depends on machine load at that moment (not bit-reproducible across processes).
+  Try it per machine: ``benchmarks/conv_speed.py`` measures both side by side.
 - an algorithm name, for every pass or per pass (``forward=``, ``input=``, ``weight=``):
   used wherever it applies. Where it cannot (NNPACK with float64, NNPACK missing from this
   torch build, a failing call), oneDNN runs and the reason is recorded in the cache (and
   warned once when the algorithm was forced).
-- ``"onednn"`` for all passes switches the dispatcher off: ``conv2d`` is then exactly
-  ``F.conv2d`` (no autograd.Function, no cache).
 
 Safety: before a key uses a non-oneDNN algorithm, it runs on random arguments of the key's
 shapes and strides and its error is compared with oneDNN's: in float32 both against a
@@ -79,6 +78,8 @@ ALGORITHMS = {
     "weight": ("onednn", "matmul", "winograd"),
 }
 ENV_VAR = "FASTCELLS_CONV_ALGO"
+# oneDNN, i.e. the dispatcher off: "auto" measured slower inside whole steps (module docstring)
+DEFAULT = {p: "onednn" for p in ("forward", "input", "weight")}
 
 # Timing: each candidate runs once untimed (first-touch allocations, NNPACK's plans), then
 # REPEATS interleaved rounds; fewer rounds when one run is slow.
@@ -260,7 +261,7 @@ def _parse(spec) -> dict[str, str]:
 def _from_env() -> dict[str, str]:
     spec = os.environ.get(ENV_VAR, "").strip()
     if not spec:
-        return {p: "auto" for p in PASSES}
+        return dict(DEFAULT)
     try:
         return _parse(spec)
     except (ValueError, TypeError) as exc:
@@ -278,9 +279,11 @@ def set_conv_algorithm(algorithm: str | None = None, *, forward: str | None = No
     ``"onednn"`` (plain ``F.conv2d``: the dispatcher off) or ``"matmul"``. The keywords set
     one pass each, overriding ``algorithm``: ``forward`` and ``input`` (the data gradient)
     take ``"auto"``, ``"onednn"``, ``"nnpack"``, ``"matmul"``; ``weight`` takes ``"auto"``,
-    ``"onednn"``, ``"matmul"``. Unnamed passes keep their setting. The environment variable
-    ``FASTCELLS_CONV_ALGO`` gives the initial setting in the same words (``"auto"``,
-    ``"onednn"``, or ``"forward=nnpack,input=nnpack,weight=matmul"``)."""
+    ``"onednn"``, ``"matmul"``, ``"winograd"``. Unnamed passes keep their setting. The
+    environment variable ``FASTCELLS_CONV_ALGO`` gives the initial setting in the same words
+    (``"auto"``, ``"onednn"``, or ``"forward=nnpack,input=nnpack,weight=matmul"``, where
+    passes not named are ``"auto"``); without it every pass starts at ``"onednn"`` (the
+    dispatcher off: the module docstring says why)."""
     new = dict(_setting) if algorithm is None else _parse(algorithm)
     for name, value in (("forward", forward), ("input", input), ("weight", weight)):
         if value is not None:
