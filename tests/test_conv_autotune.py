@@ -1,6 +1,8 @@
 """The C++ backend's convolution entry point (fastcells/ops/conv.py): every algorithm of
 every pass against F.conv2d, the autograd path in float64, the cache and the forced
 choices, NNPACK missing / failing / wrong, and the cells with each algorithm forced."""
+import os
+import sys
 import time
 import warnings
 
@@ -168,15 +170,21 @@ def test_float64_never_nnpack():
     assert "float32 only" in choices["forward[nnpack]"]["rejected"]["nnpack"]
 
 
+def _wrap_implementations(monkeypatch, before, algos=None):
+    """Every implementation (of ``algos``, default all) calls ``before(pass_, algo)`` first."""
+    for pass_, impls in C.IMPLEMENTATIONS.items():
+        for algo, fn in list(impls.items()):
+            if algos is None or algo in algos:
+                def wrapped(*args, _fn=fn, _k=(pass_, algo)):
+                    before(*_k)
+                    return _fn(*args)
+                monkeypatch.setitem(impls, algo, wrapped)
+
+
 def _spy(monkeypatch):
     """Counts the calls of every implementation."""
     calls = {}
-    for pass_, impls in C.IMPLEMENTATIONS.items():
-        for algo, fn in list(impls.items()):
-            def wrapped(*args, _fn=fn, _k=(pass_, algo)):
-                calls[_k] = calls.get(_k, 0) + 1
-                return _fn(*args)
-            monkeypatch.setitem(impls, algo, wrapped)
+    _wrap_implementations(monkeypatch, lambda *k: calls.__setitem__(k, calls.get(k, 0) + 1))
     return calls
 
 
@@ -216,13 +224,8 @@ def test_pick_prefers_onednn_in_a_near_tie():
 
 def _slowed(monkeypatch, seconds=0.02):
     """Every non-oneDNN implementation made slower than oneDNN (it sleeps first)."""
-    for pass_, impls in C.IMPLEMENTATIONS.items():
-        for algo, fn in list(impls.items()):
-            if algo != "onednn":
-                def slow(*args, fn=fn):
-                    time.sleep(seconds)
-                    return fn(*args)
-                monkeypatch.setitem(impls, algo, slow)
+    others = {a for algos in C.ALGORITHMS.values() for a in algos} - {"onednn"}
+    _wrap_implementations(monkeypatch, lambda *_: time.sleep(seconds), others)
 
 
 def test_all_onednn_keys_run_plain_conv2d(monkeypatch):
@@ -482,8 +485,6 @@ def _direct_conv2d_calls(fn) -> list[str]:
     """Run ``fn`` (forward and backward) and list the fastcells files, other than the
     dispatcher itself, from which ``F.conv2d`` was called (directly, or through an
     ``nn.Conv2d``): on the cpp backend every convolution must go through the dispatcher."""
-    import os
-    import sys
     root = os.path.dirname(os.path.abspath(fc.__file__))
     torch_root = os.path.dirname(os.path.abspath(torch.__file__))
     allowed = os.path.join(root, "ops", "conv.py")

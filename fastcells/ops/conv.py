@@ -79,7 +79,7 @@ ALGORITHMS = {
 }
 ENV_VAR = "FASTCELLS_CONV_ALGO"
 # oneDNN, i.e. the dispatcher off: "auto" measured slower inside whole steps (module docstring)
-DEFAULT = {p: "onednn" for p in ("forward", "input", "weight")}
+DEFAULT = {p: "onednn" for p in PASSES}
 
 # Timing: each candidate runs once untimed (first-touch allocations, NNPACK's plans), then
 # REPEATS interleaved rounds; fewer rounds when one run is slow.
