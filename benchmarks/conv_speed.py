@@ -14,7 +14,8 @@ Sections:
   sequence as one (B*T)-frame product against 10 per-step ones.
 - ``steps``: one cell step forward + backward (input needing a gradient) for the four cells
   at the target sizes: reference, ``cpp`` with the convolutions on oneDNN (fastcells before
-  issue 16) and ``cpp`` with ``"auto"``; ratios against the reference, side by side.
+  issue 16), ``cpp`` with every pass on our Winograd (oneDNN where it does not apply) and
+  ``cpp`` with ``"auto"``; ratios against the reference, side by side.
 - ``rollout``: a 2-layer stack over 10 frames without gradient (inference), same variants.
 
 Target sizes (issue 16): small B=4, C=32, 64x64, kernel 3; wide B=4, C=64, 64x64, kernel 5
@@ -120,7 +121,7 @@ def _layer(name: str, channels: int, k: int, backend: str):
 
 
 VARIANTS = {"reference": ("reference", "onednn"), "cpp/onednn": ("cpp", "onednn"),
-            "cpp/auto": ("cpp", "auto")}
+            "cpp/winograd": ("cpp", "winograd"), "cpp/auto": ("cpp", "auto")}
 
 
 def _with(setting: str, fn):
@@ -212,14 +213,17 @@ def format_report(result: dict) -> str:
     for section in ("steps", "rollout"):
         if not result.get(section):
             continue
+        variants = list(result[section][0]["ms"])
+        fused = [v for v in variants if v != "reference"]
         out += [f"## {result[section][0]['what']}: median ms, speedup vs reference", "",
-                "| size | cell | reference | cpp/onednn | cpp/auto | cpp/onednn x | cpp/auto x |",
-                "|---|---|---|---|---|---|---|"]
+                "| size | cell | " + " | ".join(variants) + " | "
+                + " | ".join(f"{v} x" for v in fused) + " |",
+                "|---|---|" + "---|" * (len(variants) + len(fused))]
         for r in result[section]:
             ms, sp = r["ms"], r["speedup"]
-            out.append(f"| {r['size']} | {r['cell']} | {ms['reference']:.1f} | "
-                       f"{ms['cpp/onednn']:.1f} | {ms['cpp/auto']:.1f} | "
-                       f"{sp['cpp/onednn']:.2f} | {sp['cpp/auto']:.2f} |")
+            out.append(f"| {r['size']} | {r['cell']} | "
+                       + " | ".join(f"{ms[v]:.1f}" for v in variants) + " | "
+                       + " | ".join(f"{sp[v]:.2f}" for v in fused) + " |")
         out.append("")
     out += ["## The choices of `auto` (fastcells.conv_algorithm_cache())", "",
             result["choices"], ""]

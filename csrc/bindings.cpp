@@ -9,6 +9,10 @@ namespace fastcells {
 // conv_weight_grad.cpp: Winograd F(K x K, 2 x 2) weight gradient, K = 3 or 5, float32.
 at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
                                      int64_t pad, int64_t chunk_floats);
+// conv_winograd.cpp: Winograd forward, F(4x4, 3x3) and F(2x2, 5x5), float32.
+at::Tensor conv2d_winograd(const at::Tensor& x, const at::Tensor& w,
+                           const c10::optional<at::Tensor>& bias, int64_t pad,
+                           int64_t chunk_tiles);
 }  // namespace fastcells
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -34,6 +38,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ghu_gates_forward", &fastcells::ghu_gates_forward);
   m.def("ghu_gates_backward", &fastcells::ghu_gates_backward);
   m.def("conv_weight_grad_winograd", &fastcells::conv_weight_grad_winograd);
+  m.def("conv2d_winograd", &fastcells::conv2d_winograd);
   m.def(
       "set_poison_outputs", [](bool on) { fastcells::poison_outputs() = on; },
       "Test hook: NaN-fill kernel outputs before the kernels write them.");

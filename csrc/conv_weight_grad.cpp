@@ -1,151 +1,102 @@
-// Winograd weight gradient of a stride-1 convolution, F(K x K, 2 x 2), K = 3 or 5, float32.
+// Winograd weight gradient of a stride-1 convolution, float32: F(3 x 3, 4 x 4) for K = 3 and
+// F(5 x 5, 2 x 2) for K = 5.
 //
 //   dW[o, c, i, j] = sum_{b, y, x} dz[b, o, y, x] * x_pad[b, c, y + i, x + j]
 //
-// is, per 2 x 2 tile of dz, a correlation of an A x A patch of x (A = K + 1) with the tile:
-// a Winograd F(K, 2) in each dimension. With V = BT d BT^T (the patch) and U = G g G^T (the
-// tile), the sum over all tiles and the batch is A*A matrix products
+// is, per S x S tile of dz (S = 4 for K = 3, S = 2 for K = 5), a correlation of a 6 x 6
+// patch of x with the tile: a Winograd F(K, S) in each dimension, on the 6-point set of
+// winograd.h. With V = BT d BT^T (the patch) and U = G g G^T (the tile), the sum over all
+// tiles and the batch is 36 matrix products
 //
 //   M[p] (Cout x Cin) = sum_t U[p, :, t] V[p, :, t]^T,     dW = AT M AT^T (per (o, c)),
 //
-// A*A / 4 multiplies per (o, c, position) instead of K*K: 4 vs 9 (K = 3), 9 vs 25 (K = 5).
-// The transforms run here (at::parallel_for over planes); the products are one at::bmm (MKL).
-// Toom-Cook points 0, 1, -1 (K = 3) and 0, 1, -1, 2, -2 (K = 5), plus infinity.
+// 36 multiplies per (o, c) and tile instead of K*K*S*S: 36 vs 144 (K = 3), 36 vs 100 (K = 5).
+// The transforms run here on eight tiles at once; the products are at::baddbmm (MKL) per
+// chunk of tile rows.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
-#include <array>
 #include <vector>
+
+#include "winograd.h"
 
 namespace fastcells {
 namespace {
 
+using winograd::A;
+using winograd::F8;
+using winograd::kLanes;
+
 template <int K>
-struct Winograd;
+struct Taps;  // kernel K x K from S x S tiles of dz
 
 template <>
-struct Winograd<3> {
-  static constexpr int A = 4;
-  static constexpr float BT[4][4] = {{-1, 0, 1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, -1, 0, 1}};
-  static constexpr float G[4][2] = {{-1, 0}, {0.5f, 0.5f}, {0.5f, -0.5f}, {0, 1}};
-  static constexpr float AT[3][4] = {{1, 1, 1, 0}, {0, 1, -1, 0}, {0, 1, 1, 1}};
+struct Taps<3> {
+  static constexpr int S = 4;
+  static constexpr float G[A][S] = {{0.25f, 0, 0, 0},
+                                    {-1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6},
+                                    {-1.f / 6, 1.f / 6, -1.f / 6, 1.f / 6},
+                                    {1.f / 24, 1.f / 12, 1.f / 6, 1.f / 3},
+                                    {1.f / 24, -1.f / 12, 1.f / 6, -1.f / 3},
+                                    {0, 0, 0, 1}};
+  static constexpr float AT[3][A] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 1}};
 };
 
 template <>
-struct Winograd<5> {
-  static constexpr int A = 6;
-  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0},
-                                     {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
-                                     {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-  static constexpr float G[6][2] = {{0.25f, 0},
-                                    {-1.f / 6, -1.f / 6},
-                                    {-1.f / 6, 1.f / 6},
-                                    {1.f / 24, 1.f / 12},
-                                    {1.f / 24, -1.f / 12},
-                                    {0, 1}};
-  static constexpr float AT[5][6] = {{1, 1, 1, 1, 1, 0},
+struct Taps<5> {
+  static constexpr int S = 2;
+  static constexpr float G[A][S] = {{0.25f, 0},       {-1.f / 6, -1.f / 6}, {-1.f / 6, 1.f / 6},
+                                    {1.f / 24, 1.f / 12}, {1.f / 24, -1.f / 12}, {0, 1}};
+  static constexpr float AT[5][A] = {{1, 1, 1, 1, 1, 0},
                                      {0, 1, -1, 2, -2, 0},
                                      {0, 1, 1, 4, 4, 0},
                                      {0, 1, -1, 8, -8, 0},
                                      {0, 1, 1, 16, 16, 1}};
 };
 
-constexpr int kChunk = 16;  // tiles of a row transformed together (vectorized over them)
-
-// V[p, c, n] for the tile rows r = b * TH + ty in [r0, r1), n = (r - r0) * TW + tx: the
-// input patches, transformed.
-template <int K>
-void transform_input(const float* x, float* v, int64_t C, int64_t H, int64_t W, int64_t pad,
-                     int64_t TH, int64_t TW, int64_t r0, int64_t r1) {
-  using Wg = Winograd<K>;
-  constexpr int A = Wg::A;
-  const int64_t R = r1 - r0, N = R * TW;
-  at::parallel_for(0, C * R, 1, [&](int64_t begin, int64_t end) {
-    // A rows of x, zero-padded: column u of the buffer is x column u - pad.
-    const int64_t width = 2 * TW + A + kChunk * 2;
-    std::vector<float> rows(A * width);
-    for (int64_t cr = begin; cr < end; ++cr) {
-      const int64_t c = cr / R, r = r0 + cr % R;
-      const int64_t b = r / TH, ty = r % TH;
-      const float* plane = x + (b * C + c) * H * W;
-      for (int i = 0; i < A; ++i) {
-        const int64_t y = 2 * ty + i - pad;
-        float* row = rows.data() + i * width;
-        for (int64_t u = 0; u < width; ++u) {
-          const int64_t xx = u - pad;
-          row[u] = (y >= 0 && y < H && xx >= 0 && xx < W) ? plane[y * W + xx] : 0.f;
-        }
-      }
-      for (int64_t tx0 = 0; tx0 < TW; tx0 += kChunk) {
-        const int n_t = static_cast<int>(std::min<int64_t>(kChunk, TW - tx0));
-        float d[A][A][kChunk];
-        float t1[A][A][kChunk];
-        for (int i = 0; i < A; ++i)
-          for (int j = 0; j < A; ++j)
-            for (int l = 0; l < kChunk; ++l) d[i][j][l] = rows[i * width + 2 * (tx0 + l) + j];
-        // t1 = BT d
-        for (int p = 0; p < A; ++p)
-          for (int j = 0; j < A; ++j) {
-            float acc[kChunk] = {};
-            for (int i = 0; i < A; ++i) {
-              const float w = Wg::BT[p][i];
-              if (w == 0.f) continue;
-              for (int l = 0; l < kChunk; ++l) acc[l] += w * d[i][j][l];
-            }
-            for (int l = 0; l < kChunk; ++l) t1[p][j][l] = acc[l];
-          }
-        // V = t1 BT^T
-        for (int p = 0; p < A; ++p)
-          for (int q = 0; q < A; ++q) {
-            float acc[kChunk] = {};
-            for (int j = 0; j < A; ++j) {
-              const float w = Wg::BT[q][j];
-              if (w == 0.f) continue;
-              for (int l = 0; l < kChunk; ++l) acc[l] += w * t1[p][j][l];
-            }
-            float* out = v + ((p * A + q) * C + c) * N + (r - r0) * TW + tx0;
-            for (int l = 0; l < n_t; ++l) out[l] = acc[l];
-          }
-      }
-    }
-  });
-}
-
-// U[p, o, n] for the same tile rows: the 2 x 2 tiles of dz (zero beyond Ho x Wo), transformed.
+// U[p, o, n] for the tile rows r in [r0, r1), n = (r - r0) * TWp + tx: the S x S tiles of
+// dz (zero beyond Ho x Wo, and for the padding tiles), transformed.
 template <int K>
 void transform_grad(const float* dz, float* u, int64_t O, int64_t Ho, int64_t Wo, int64_t TH,
                     int64_t TW, int64_t r0, int64_t r1) {
-  using Wg = Winograd<K>;
-  constexpr int A = Wg::A;
-  const int64_t R = r1 - r0, N = R * TW;
+  using T = Taps<K>;
+  constexpr int S = T::S;
+  const int64_t TWp = winograd::padded_tiles(TW), R = r1 - r0, N = R * TWp;
   at::parallel_for(0, O * R, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> phase(S * S * TWp);  // phase[rr][s][t] = dz[S ty + rr, S t + s]
     for (int64_t orow = begin; orow < end; ++orow) {
       const int64_t o = orow / R, r = r0 + orow % R;
       const int64_t b = r / TH, ty = r % TH;
       const float* plane = dz + (b * O + o) * Ho * Wo;
-      for (int64_t tx0 = 0; tx0 < TW; tx0 += kChunk) {
-        const int n_t = static_cast<int>(std::min<int64_t>(kChunk, TW - tx0));
-        float g[2][2][kChunk] = {};
-        for (int rr = 0; rr < 2; ++rr) {
-          const int64_t y = 2 * ty + rr;
-          if (y >= Ho) continue;
-          for (int s = 0; s < 2; ++s)
-            for (int l = 0; l < n_t; ++l) {
-              const int64_t xx = 2 * (tx0 + l) + s;
-              g[rr][s][l] = xx < Wo ? plane[y * Wo + xx] : 0.f;
-            }
+      for (int rr = 0; rr < S; ++rr) {
+        const int64_t y = S * ty + rr;
+        for (int s = 0; s < S; ++s) {
+          float* ph = phase.data() + (rr * S + s) * TWp;
+          for (int64_t t = 0; t < TWp; ++t) {
+            const int64_t xx = S * t + s;
+            ph[t] = (y < Ho && xx < Wo) ? plane[y * Wo + xx] : 0.f;
+          }
         }
-        float t1[A][2][kChunk];
-        for (int p = 0; p < A; ++p)
-          for (int s = 0; s < 2; ++s)
-            for (int l = 0; l < kChunk; ++l)
-              t1[p][s][l] = Wg::G[p][0] * g[0][s][l] + Wg::G[p][1] * g[1][s][l];
+      }
+      float* out = u + o * N + (r - r0) * TWp;
+      for (int64_t t0 = 0; t0 < TWp; t0 += kLanes) {
+        F8 g[S][S];
+        for (int rr = 0; rr < S; ++rr)
+          for (int s = 0; s < S; ++s) g[rr][s] = winograd::load8(phase.data() + (rr * S + s) * TWp + t0);
+        F8 col[S][A];  // col[s][p] = (G g)[p, s]
+        for (int s = 0; s < S; ++s)
+          for (int p = 0; p < A; ++p) {
+            F8 acc = T::G[p][0] * g[0][s];
+            for (int rr = 1; rr < S; ++rr) acc += T::G[p][rr] * g[rr][s];
+            col[s][p] = acc;
+          }
         for (int p = 0; p < A; ++p)
           for (int q = 0; q < A; ++q) {
-            float* out = u + ((p * A + q) * O + o) * N + (r - r0) * TW + tx0;
-            for (int l = 0; l < n_t; ++l)
-              out[l] = Wg::G[q][0] * t1[p][0][l] + Wg::G[q][1] * t1[p][1][l];
+            F8 acc = T::G[q][0] * col[0][p];
+            for (int s = 1; s < S; ++s) acc += T::G[q][s] * col[s][p];
+            winograd::store8(out + (p * A + q) * O * N + t0, acc);
           }
       }
     }
@@ -155,8 +106,7 @@ void transform_grad(const float* dz, float* u, int64_t O, int64_t Ho, int64_t Wo
 // dW[o, c, i, j] = sum_{p, q} AT[i][p] M[p * A + q, o, c] AT[j][q].
 template <int K>
 void transform_output(const float* m, float* dw, int64_t O, int64_t C) {
-  using Wg = Winograd<K>;
-  constexpr int A = Wg::A;
+  using T = Taps<K>;
   const int64_t OC = O * C;
   at::parallel_for(0, OC, 256, [&](int64_t begin, int64_t end) {
     for (int64_t oc = begin; oc < end; ++oc) {
@@ -167,13 +117,13 @@ void transform_output(const float* m, float* dw, int64_t O, int64_t C) {
       for (int i = 0; i < K; ++i)
         for (int q = 0; q < A; ++q) {
           float acc = 0.f;
-          for (int p = 0; p < A; ++p) acc += Wg::AT[i][p] * mm[p][q];
+          for (int p = 0; p < A; ++p) acc += T::AT[i][p] * mm[p][q];
           t1[i][q] = acc;
         }
       for (int i = 0; i < K; ++i)
         for (int j = 0; j < K; ++j) {
           float acc = 0.f;
-          for (int q = 0; q < A; ++q) acc += t1[i][q] * Wg::AT[j][q];
+          for (int q = 0; q < A; ++q) acc += t1[i][q] * T::AT[j][q];
           dw[oc * K * K + i * K + j] = acc;
         }
     }
@@ -197,19 +147,20 @@ at::Tensor& workspace(int64_t floats) {
 template <int K>
 at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
                        int64_t chunk_floats) {
-  constexpr int A = Winograd<K>::A;
+  constexpr int S = Taps<K>::S;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t O = dz.size(1), Ho = dz.size(2), Wo = dz.size(3);
-  const int64_t TH = (Ho + 1) / 2, TW = (Wo + 1) / 2, rows = B * TH;
-  const int64_t per_row = A * A * (C + O) * TW;
+  const int64_t TH = (Ho + S - 1) / S, TW = (Wo + S - 1) / S, rows = B * TH;
+  const int64_t TWp = winograd::padded_tiles(TW);
+  const int64_t per_row = A * A * (C + O) * TWp;
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, chunk_floats / per_row));
   float* ws = workspace(chunk * per_row).data_ptr<float>();
   auto m = at::zeros({A * A, O, C}, x.options());  // (A*A, O, C), accumulated over chunks
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TW;
+    const int64_t r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
     auto v = at::from_blob(ws, {A * A, C, N}, x.options());
     auto u = at::from_blob(ws + A * A * C * N, {A * A, O, N}, x.options());
-    transform_input<K>(x.data_ptr<float>(), ws, C, H, W, pad, TH, TW, r0, r1);
+    winograd::transform_input<S>(x.data_ptr<float>(), ws, C, H, W, pad, TH, TW, r0, r1);
     transform_grad<K>(dz.data_ptr<float>(), ws + A * A * C * N, O, Ho, Wo, TH, TW, r0, r1);
     m.baddbmm_(u, v.transpose(1, 2));
   }

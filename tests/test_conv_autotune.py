@@ -65,7 +65,8 @@ SETTINGS = {
     "onednn_in_dispatcher": dict(forward="onednn", input="onednn", weight="matmul"),
     "auto": dict(forward="auto", input="auto", weight="auto"),
     "off": dict(forward="onednn", input="onednn", weight="onednn"),
-    "winograd": dict(forward="matmul", input="nnpack", weight="winograd"),
+    "winograd": dict(forward="winograd", input="winograd", weight="winograd"),
+    "mixed": dict(forward="matmul", input="nnpack", weight="winograd"),
 }
 
 
@@ -112,6 +113,60 @@ def test_implementations_match_conv2d(algo, case):
             assert_close(impl["input"][algo](x.shape, weight, g, pad), gx, RTOL[torch.float32])
         if algo in impl["weight"]:
             assert_close(impl["weight"][algo](x, weight.shape, g, pad), gw, RTOL[torch.float32])
+
+
+# (B, Cin, Cout, H, W): widths around the 8-tile vectors of the transforms (tiles per row
+# 1, 2, 5, 9, 19 for F(2x2, 5x5); 1, 2, 4, 10 for F(4x4, 3x3)), heights not a multiple of
+# the tile, one pixel, one channel.
+WINOGRAD_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 9), (1, 4, 6, 13, 37), (3, 9, 2, 5, 4),
+                   (2, 16, 3, 17, 23)]
+
+
+@requires_cpp
+@pytest.mark.parametrize("chunk", [0, 1, 8], ids=["default_chunk", "chunk1", "chunk8"])
+@pytest.mark.parametrize("pad", ["zero", "same", "full"])
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_winograd_kernels_tile_edges(shape, k, pad, chunk):
+    """The C++ Winograd kernels on their own: forward (with bias), data gradient and weight
+    gradient against oneDNN, at widths and heights that leave partial tiles and partial
+    8-tile vectors, processed in one chunk or one tile row (or a few tiles) at a time.
+    Outputs start NaN-poisoned (conftest), so an unwritten element fails."""
+    b, cin, cout, h, w = shape
+    p = {"zero": 0, "same": k // 2, "full": k - 1}[pad]
+    ext = _ext.cpp_extension()
+    x = torch.randn(b, cin, h, w)
+    weight = torch.randn(cout, cin, k, k) / (cin * k * k) ** 0.5
+    bias = torch.randn(cout)
+    if h + 2 * p < k or w + 2 * p < k:
+        with pytest.raises(RuntimeError, match="leaves no output"):
+            ext.conv2d_winograd(x, weight, bias, p, chunk)
+        return
+    y_ref = F.conv2d(x, weight, bias, padding=p)
+    assert_close(ext.conv2d_winograd(x, weight, bias, p, chunk), y_ref, RTOL[torch.float32],
+                 "forward")
+    g = torch.randn_like(y_ref)
+    gx = torch.nn.grad.conv2d_input(x.shape, weight, g, padding=p)
+    w_t = weight.flip(2, 3).transpose(0, 1).contiguous()
+    assert_close(ext.conv2d_winograd(g, w_t, None, k - 1 - p, chunk), gx, RTOL[torch.float32],
+                 "data gradient")
+    gw = torch.nn.grad.conv2d_weight(x, weight.shape, g, padding=p)
+    assert_close(ext.conv_weight_grad_winograd(x, g, k, p, chunk * 4096), gw,
+                 RTOL[torch.float32], "weight gradient")
+
+
+@requires_cpp
+def test_winograd_kernels_reject_bad_arguments():
+    ext = _ext.cpp_extension()
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="float32 only"):
+        ext.conv2d_winograd(x.double(), w.double(), None, 1, 0)
+    with pytest.raises(RuntimeError, match="square kernel 3 or 5"):
+        ext.conv2d_winograd(x, torch.randn(3, 2, 7, 7), None, 1, 0)
+    with pytest.raises(RuntimeError, match="x \\(B, C, H, W\\) and w"):
+        ext.conv2d_winograd(x, torch.randn(3, 4, 3, 3), None, 1, 0)
+    with pytest.raises(RuntimeError, match="bias"):
+        ext.conv2d_winograd(x, w, torch.randn(4), 1, 0)
 
 
 @pytest.mark.filterwarnings("ignore:fastcells conv2d:RuntimeWarning")  # rejections, see _ran

@@ -1,0 +1,211 @@
+// Winograd forward convolution, stride 1, float32: F(4 x 4, 3 x 3) and F(2 x 2, 5 x 5).
+//
+//   y[b, o, Y, X] = bias[o] + sum_{c, i, j} w[o, c, i, j] * x_pad[b, c, Y + i, X + j]
+//
+// Both use the 6-point Toom-Cook set 0, 1, -1, 2, -2, infinity (the set of the weight
+// gradient in conv_weight_grad.cpp, whose error measured 1-2x oneDNN's), so per output tile
+// of M x M values a 6 x 6 input patch d and the kernel g are transformed, multiplied
+// point-wise and summed over input channels, and transformed back:
+//
+//   Y = AT [ sum_c (G g G^T) (.) (BT d BT^T) ] AT^T,
+//
+// 36 multiplies per tile and channel pair instead of 144 (F(4, 3)) or 100 (F(2, 5)). The sum
+// over channels at each of the 36 points is a matrix product (Cout x Cin) @ (Cin x tiles):
+// one at::bmm (MKL) per chunk of tile rows. The chunk is kept small (a few hundred tiles) so
+// the transformed input and products stay in cache between the transforms and the product:
+// the whole transformed output of a 64 x 64 layer would be 2-9x the layer and writing it out
+// cost as much as the products (benchmarks/NOTES.md).
+//
+// The data gradient of a stride-1 convolution is this same forward of the output gradient
+// with the flipped, transposed kernel and padding K - 1 - pad (fastcells/ops/conv.py).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "planes.h"
+#include "winograd.h"
+
+namespace fastcells {
+namespace {
+
+using winograd::A;
+using winograd::F8;
+using winograd::kLanes;
+
+template <int M>
+struct Tiles;  // output tile M x M, kernel K = A - M + 1
+
+template <>
+struct Tiles<4> {
+  static constexpr int K = 3;
+  static constexpr float G[A][K] = {{0.25f, 0, 0},
+                                    {-1.f / 6, -1.f / 6, -1.f / 6},
+                                    {-1.f / 6, 1.f / 6, -1.f / 6},
+                                    {1.f / 24, 1.f / 12, 1.f / 6},
+                                    {1.f / 24, -1.f / 12, 1.f / 6},
+                                    {0, 0, 1}};
+  // o = AT m for one column m0..m5
+  static inline void at(const F8* m, F8* o) {
+    const F8 a = m[1] + m[2], s = m[1] - m[2], c = m[3] + m[4], e = m[3] - m[4];
+    o[0] = m[0] + a + c;
+    o[1] = s + 2.f * e;
+    o[2] = a + 4.f * c;
+    o[3] = s + 8.f * e + m[5];
+  }
+};
+
+template <>
+struct Tiles<2> {
+  static constexpr int K = 5;
+  static constexpr float G[A][K] = {{0.25f, 0, 0, 0, 0},
+                                    {-1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6},
+                                    {-1.f / 6, 1.f / 6, -1.f / 6, 1.f / 6, -1.f / 6},
+                                    {1.f / 24, 1.f / 12, 1.f / 6, 1.f / 3, 2.f / 3},
+                                    {1.f / 24, -1.f / 12, 1.f / 6, -1.f / 3, 2.f / 3},
+                                    {0, 0, 0, 0, 1}};
+  static inline void at(const F8* m, F8* o) {
+    o[0] = m[0] + m[1] + m[2] + m[3] + m[4];
+    o[1] = m[1] - m[2] + 2.f * (m[3] - m[4]) + m[5];
+  }
+};
+
+// Ut[p, o, c] = (G g G^T)[p] for g = w[o, c] (K x K).
+template <int M>
+at::Tensor transform_weight(const at::Tensor& w) {
+  using T = Tiles<M>;
+  constexpr int K = T::K;
+  const int64_t O = w.size(0), C = w.size(1), OC = O * C;
+  auto ut = at::empty({A * A, O, C}, w.options());
+  const float* g = w.data_ptr<float>();
+  float* u = ut.data_ptr<float>();
+  at::parallel_for(0, OC, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t oc = begin; oc < end; ++oc) {
+      const float* k = g + oc * K * K;
+      float t1[A][K];
+      for (int p = 0; p < A; ++p)
+        for (int j = 0; j < K; ++j) {
+          float acc = 0.f;
+          for (int i = 0; i < K; ++i) acc += T::G[p][i] * k[i * K + j];
+          t1[p][j] = acc;
+        }
+      for (int p = 0; p < A; ++p)
+        for (int q = 0; q < A; ++q) {
+          float acc = 0.f;
+          for (int j = 0; j < K; ++j) acc += t1[p][j] * T::G[q][j];
+          u[(p * A + q) * OC + oc] = acc;
+        }
+    }
+  });
+  return ut;
+}
+
+// y[b, o, M ty + i, M tx + j] = bias[o] + (AT m AT^T)[i, j] for the products m[p, o, n],
+// n = (r - r0) * TWp + tx.
+template <int M>
+void transform_output(const float* m, const float* bias, float* y, int64_t O, int64_t Ho,
+                      int64_t Wo, int64_t TH, int64_t TW, int64_t r0, int64_t r1) {
+  using T = Tiles<M>;
+  const int64_t TWp = winograd::padded_tiles(TW), R = r1 - r0, N = R * TWp;
+  at::parallel_for(0, O * R, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t orow = begin; orow < end; ++orow) {
+      const int64_t o = orow / R, r = r0 + orow % R;
+      const int64_t b = r / TH, ty = r % TH;
+      const float b0 = bias ? bias[o] : 0.f;
+      float* plane = y + (b * O + o) * Ho * Wo;
+      const float* src = m + o * N + (r - r0) * TWp;
+      for (int64_t t0 = 0; t0 < TW; t0 += kLanes) {  // the padding tiles are not written
+        F8 col[A][M];  // col[q][i] = (AT m)[i, q]
+        for (int q = 0; q < A; ++q) {
+          F8 mm[A];
+          for (int p = 0; p < A; ++p) mm[p] = winograd::load8(src + (p * A + q) * O * N + t0);
+          T::at(mm, col[q]);
+        }
+        const int64_t width = std::min<int64_t>(M * kLanes, Wo - M * t0);
+        for (int i = 0; i < M; ++i) {
+          const int64_t yy = M * ty + i;
+          if (yy >= Ho) break;
+          F8 row[A], out[M];
+          for (int q = 0; q < A; ++q) row[q] = col[q][i];
+          T::at(row, out);
+          float line[M * kLanes];  // the tiles' row i, interleaved back to columns
+          for (int l = 0; l < kLanes; ++l)
+            for (int j = 0; j < M; ++j) line[M * l + j] = out[j][l] + b0;
+          std::memcpy(plane + yy * Wo + M * t0, line, width * sizeof(float));
+        }
+      }
+    }
+  });
+}
+
+// One workspace for V and the products, kept across calls (fresh pages every call cost as
+// much as the products in the weight gradient's first version).
+at::Tensor& workspace(int64_t floats) {
+  static thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < floats) buffer = at::empty({floats}, at::kFloat);
+  return buffer;
+}
+
+template <int M>
+at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const float* bias, int64_t pad,
+                   int64_t chunk_tiles) {
+  constexpr int K = Tiles<M>::K;
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = w.size(0);
+  const int64_t Ho = H + 2 * pad - K + 1, Wo = W + 2 * pad - K + 1;
+  auto y = new_output({B, O, Ho, Wo}, x.options());
+  if (y.numel() == 0) return y;
+  const int64_t TH = (Ho + M - 1) / M, TW = (Wo + M - 1) / M, rows = B * TH;
+  const int64_t TWp = winograd::padded_tiles(TW);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, chunk_tiles / TWp));
+  float* ws = workspace(A * A * (C + O) * chunk * TWp).data_ptr<float>();
+  auto ut = transform_weight<M>(w);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
+    float* vp = ws;
+    float* mp = ws + A * A * C * N;
+    winograd::transform_input<M>(x.data_ptr<float>(), vp, C, H, W, pad, TH, TW, r0, r1);
+    auto v = at::from_blob(vp, {A * A, C, N}, x.options());
+    auto m = at::from_blob(mp, {A * A, O, N}, x.options());
+    at::bmm_out(m, ut, v);
+    transform_output<M>(mp, bias, y.data_ptr<float>(), O, Ho, Wo, TH, TW, r0, r1);
+  }
+  return y;
+}
+
+// Tiles per chunk: 256-512 measured fastest for the products at 64 -> 128..256 channels.
+constexpr int64_t kChunkTiles = 384;
+
+}  // namespace
+
+// x (B, C, H, W), w (O, C, K, K) float32, K = 3 (F(4x4, 3x3)) or 5 (F(2x2, 5x5)); bias (O)
+// or undefined; equal padding on all sides. chunk_tiles: tiles per product (0: default),
+// a knob for measuring.
+at::Tensor conv2d_winograd(const at::Tensor& x, const at::Tensor& w,
+                           const c10::optional<at::Tensor>& bias, int64_t pad,
+                           int64_t chunk_tiles) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
+              "conv2d_winograd: float32 only");
+  TORCH_CHECK(x.dim() == 4 && w.dim() == 4 && x.size(1) == w.size(1),
+              "conv2d_winograd: x (B, C, H, W) and w (O, C, K, K)");
+  const int64_t K = w.size(2);
+  TORCH_CHECK((K == 3 || K == 5) && w.size(3) == K, "conv2d_winograd: square kernel 3 or 5");
+  TORCH_CHECK(pad >= 0 && x.size(2) + 2 * pad >= K && x.size(3) + 2 * pad >= K,
+              "conv2d_winograd: padding ", pad, " leaves no output for a ", K, "x", K,
+              " kernel");
+  const float* b = nullptr;
+  at::Tensor bc;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == w.size(0),
+                "conv2d_winograd: bias (O) float32");
+    bc = bias->contiguous();
+    b = bc.data_ptr<float>();
+  }
+  auto xc = x.contiguous();
+  auto wc = w.contiguous();
+  if (chunk_tiles <= 0) chunk_tiles = kChunkTiles;
+  return K == 3 ? forward<4>(xc, wc, b, pad, chunk_tiles) : forward<2>(xc, wc, b, pad, chunk_tiles);
+}
+
+}  // namespace fastcells
