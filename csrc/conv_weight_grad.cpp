@@ -130,13 +130,13 @@ void transform_output(const float* m, float* dw, int64_t O, int64_t C) {
   });
 }
 
-// Transformed tiles are produced and consumed in chunks of tile rows holding at most this
-// many floats of U and V together (32 MB), in one workspace kept across calls: the whole U
-// and V are 4-9x the size of x and dz, and fresh pages for them every call cost more than
-// the products (first version, all at once: 216 ms against 55 ms of bmm at B=4, 64 -> 128,
-// K=5, 64x64, 1 thread). Chunks of 1M floats made the products too thin (N = 288 tiles);
-// 4M-64M measured alike within the noise (benchmarks/NOTES.md).
-constexpr int64_t kChunkFloats = 8 << 20;
+// Chunks of tile rows, as in conv_winograd.cpp: U and V of one chunk take at most
+// kChunkFloats (2 MB, the L2 of a core here) unless that leaves fewer than kMinChunkTiles
+// tiles. The first version transformed everything at once: U and V are 4-9x the size of x
+// and dz, and writing fresh pages for them cost more than the products (216 ms against 55
+// ms of bmm at B=4, 64 -> 128, K=5, 64x64, 1 thread); the workspace is kept across calls.
+constexpr int64_t kChunkFloats = 512 << 10;
+constexpr int64_t kMinChunkTiles = 256;
 
 at::Tensor& workspace(int64_t floats) {
   static thread_local at::Tensor buffer;
@@ -153,17 +153,27 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
   const int64_t TH = (Ho + S - 1) / S, TW = (Wo + S - 1) / S, rows = B * TH;
   const int64_t TWp = winograd::padded_tiles(TW);
   const int64_t per_row = A * A * (C + O) * TWp;
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, chunk_floats / per_row));
-  float* ws = workspace(chunk * per_row).data_ptr<float>();
-  auto m = at::zeros({A * A, O, C}, x.options());  // (A*A, O, C), accumulated over chunks
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
-    auto v = at::from_blob(ws, {A * A, C, N}, x.options());
-    auto u = at::from_blob(ws + A * A * C * N, {A * A, O, N}, x.options());
-    winograd::transform_input<S>(x.data_ptr<float>(), ws, C, H, W, pad, TH, TW, r0, r1);
-    transform_grad<K>(dz.data_ptr<float>(), ws + A * A * C * N, O, Ho, Wo, TH, TW, r0, r1);
-    m.baddbmm_(u, v.transpose(1, 2));
-  }
+  const int64_t chunk = std::min<int64_t>(
+      rows, chunk_floats > 0 ? std::max<int64_t>(1, chunk_floats / per_row)
+                             : std::max((kMinChunkTiles + TWp - 1) / TWp, kChunkFloats / per_row));
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  // One chunk per task, in its thread's workspace, summed into that thread's M; the
+  // threads' M are added at the end (a fixed order: deterministic for a thread count).
+  const int threads = chunks > 1 ? at::get_num_threads() : 1;
+  auto partial = at::zeros({threads, A * A, O, C}, x.options());
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    float* ws = workspace(chunk * per_row).data_ptr<float>();
+    auto m = partial[chunks > 1 ? at::get_thread_num() : 0];
+    for (int64_t ci = begin; ci < end; ++ci) {
+      const int64_t r0 = ci * chunk, r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
+      auto v = at::from_blob(ws, {A * A, C, N}, x.options());
+      auto u = at::from_blob(ws + A * A * C * N, {A * A, O, N}, x.options());
+      winograd::transform_input<S>(x.data_ptr<float>(), ws, C, H, W, pad, TH, TW, r0, r1);
+      transform_grad<K>(dz.data_ptr<float>(), ws + A * A * C * N, O, Ho, Wo, TH, TW, r0, r1);
+      m.baddbmm_(u, v.transpose(1, 2));
+    }
+  });
+  auto m = threads > 1 ? partial.sum(0) : partial[0];
   auto dw = at::empty({O, C, K, K}, x.options());
   transform_output<K>(m.data_ptr<float>(), dw.data_ptr<float>(), O, C);
   return dw;
@@ -172,7 +182,7 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
 }  // namespace
 
 // x (B, C, H, W) and dz (B, O, Ho, Wo) float32; Ho = H + 2 pad - K + 1 (same for W).
-// chunk_floats: the workspace bound (0: kChunkFloats), a knob for measuring.
+// chunk_floats: floats of U and V per chunk (0: the rule above), a knob for tests.
 at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
                                      int64_t pad, int64_t chunk_floats) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && dz.scalar_type() == at::kFloat,
@@ -185,7 +195,6 @@ at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, 
               "conv_weight_grad_winograd: dz's size does not match x, kernel and pad");
   auto xc = x.contiguous();
   auto dzc = dz.contiguous();
-  if (chunk_floats <= 0) chunk_floats = kChunkFloats;
   return kernel == 3 ? weight_grad<3>(xc, dzc, pad, chunk_floats)
                      : weight_grad<5>(xc, dzc, pad, chunk_floats);
 }

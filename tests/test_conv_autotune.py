@@ -346,7 +346,7 @@ def test_setting_api(monkeypatch):
     monkeypatch.setenv(C.ENV_VAR, "forward=nnpack, input=matmul")
     assert C._from_env() == {"forward": "nnpack", "input": "matmul", "weight": "auto"}
     monkeypatch.delenv(C.ENV_VAR)
-    assert C._from_env() == {p: "onednn" for p in C.PASSES}  # the default: dispatcher off
+    assert C._from_env() == {p: "auto" for p in C.PASSES}  # the default
     monkeypatch.setenv(C.ENV_VAR, "onednn")
     assert C._from_env() == {p: "onednn" for p in C.PASSES}
     monkeypatch.setenv(C.ENV_VAR, "fastest")

@@ -7,6 +7,9 @@ T_in + pred_len frames), ``backward``, Adam step — is timed for each variant:
 - ``eager``: the reference backend (plain PyTorch, the baseline);
 - ``fused``: ``backend="auto"`` (cpp on CPU, the preferred GPU backend on CUDA);
 - ``fused_memeff``: the same with ``memory_efficient=True``;
+- ``fused_onednn``: ``fused`` with every convolution on oneDNN (``conv_algorithm("onednn")``,
+  the CPU convolution dispatcher off), so that the convolution algorithm setting ``fused``
+  runs with (recorded in the config) is compared in the same run;
 - ``compiled``: ``torch.compile`` of the reference model's ``training_loss`` (scope
   ``model``) or of each of its cells (scope ``cells``); compile time reported apart.
 
@@ -27,11 +30,12 @@ import torch
 
 from .. import models
 from ..cells.base import CellBase
+from ..ops import conv as conv_setting
 from ..utils import saved_tensor_bytes
 from . import timing
 from .targets import check_train_targets
 
-VARIANTS = ("eager", "fused", "fused_memeff", "compiled")
+VARIANTS = ("eager", "fused", "fused_memeff", "fused_onednn", "compiled")
 DEFAULT_MODELS = ("convlstm", "predrnn", "ms_lstm")
 SCHEMA = 2
 
@@ -92,13 +96,20 @@ def compiled_loss(model, cfg: TrainBenchConfig):
     raise ValueError(f"compile_scope must be 'model' or 'cells', got {cfg.compile_scope!r}")
 
 
-def iteration(loss_fn, opt, frames):
-    """One training iteration as a zero-argument callable."""
+def iteration(loss_fn, opt, frames, conv_algorithm: str | None = None):
+    """One training iteration as a zero-argument callable (with the CPU convolutions forced
+    to ``conv_algorithm`` inside it, when given)."""
     def run():
         opt.zero_grad(set_to_none=True)
         loss_fn(frames).backward()
         opt.step()
-    return run
+    if conv_algorithm is None:
+        return run
+
+    def forced():
+        with conv_setting.conv_algorithm(conv_algorithm):
+            run()
+    return forced
 
 
 def _state_bytes(model, opt) -> int:
@@ -128,6 +139,7 @@ def _config_dict(cfg: TrainBenchConfig, batch: int, repeats: int, device) -> dic
             "compile_scope": cfg.compile_scope, "repeats": repeats,
             "warmup": cfg.warmup, "lr": cfg.lr, "overrides": dict(cfg.overrides),
             "seq_len_overridden": cfg.input_len is not None or cfg.pred_len is not None,
+            "conv_algorithm": conv_setting.get_conv_algorithm(),
             "memory": "peak CUDA" if device.type == "cuda" else "saved for backward"}
 
 
@@ -178,7 +190,8 @@ def run_training(cfg: TrainBenchConfig, progress: bool = True, emit=None) -> dic
             else:
                 entry["saved_bytes"] = saved_tensor_bytes(
                     lambda m=model, f=frames: m.training_loss(f), exclude=model.parameters())
-            fns[v] = iteration(loss_fn, opt, frames)
+            fns[v] = iteration(loss_fn, opt, frames,
+                               "onednn" if v == "fused_onednn" else None)
             if device.type == "cuda":
                 fns[v]()  # the optimizer state exists from the second iteration on
                 entry["peak_bytes"] = peak_iteration_bytes(model, opt, loss_fn, frames, device)
@@ -273,6 +286,13 @@ def format_training(result: dict) -> str:
                   f"sequence or model overridden ({cfg.get('overrides') or 'lengths'})."), ""]
     if result["device"] == "cpu" and cfg["batch"] != 16:
         lines += [f"Batch {cfg['batch']} on CPU (the GPU tables use 16).", ""]
+    if result["device"] == "cpu" and cfg.get("conv_algorithm"):
+        setting = cfg["conv_algorithm"]
+        said = (setting["forward"] if len(set(setting.values())) == 1
+                else ", ".join(f"{k}={v}" for k, v in setting.items()))
+        lines += [f"`fused` ran its convolutions with the `{said}` setting "
+                  "(`fastcells.set_conv_algorithm`); `fused_onednn` is the same model with "
+                  "every convolution on oneDNN.", ""]
     lines += table_lines(result) + [""]
     compiled = [(r["model"], r["variants"]["compiled"]["compile_s"]) for r in result["rows"]
                 if "compiled" in r["variants"]]

@@ -29,20 +29,20 @@ The bias gradient is always ``dy.sum((0, 2, 3))``.
 
 The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV_ALGO``):
 
-- ``"onednn"`` for all passes (the default) switches the dispatcher off: ``conv2d`` is
-  then exactly ``F.conv2d`` (no autograd.Function, no cache), what eager PyTorch runs.
-- ``"auto"``: on the first call for a (pass, shapes, padding, dtype, layout, threads) key
-  every applicable algorithm runs, interleaved, a few times; the fastest median is cached
-  for the process and used from then on, but oneDNN keeps a key unless another algorithm
-  is at least 10% faster (:data:`AUTO_MARGIN`). A call whose needed passes all run oneDNN
-  is plain ``F.conv2d``. Why it is not the default: on the 2-core EPYC it was built on,
-  measured quiet (benchmarks/NOTES.md, "CPU convolution algorithms"), NNPACK and the
-  Winograd weight gradient win isolated 5x5 convolutions by 5-20%, but whole steps and
-  training iterations with ``auto`` came out 0.76-1.18x of oneDNN's (MS-LSTM training:
-  12.0 s vs 10.2 s per iteration): the choices timed on isolated probes do not hold inside
-  a step. Its other costs: the first step of each shape runs every candidate, and the
-  choice depends on machine load at that moment (not bit-reproducible across processes).
-  Try it per machine: ``benchmarks/conv_speed.py`` measures both side by side.
+- ``"auto"`` (the default): on the first call for a (pass, shapes, padding, dtype, layout,
+  threads) key every applicable algorithm runs, interleaved, a few times; the fastest
+  median is cached for the process and used from then on, but oneDNN keeps a key unless
+  another algorithm is at least 10% faster (:data:`AUTO_MARGIN`). A call whose needed
+  passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it was built on
+  (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution algorithms"), with
+  our Winograd among the candidates: 1.11x oneDNN per cell step and 1.08x per no-grad
+  rollout in the geometric mean (0.90-1.35x, 1.00-1.28x), training iterations at the
+  mmnist preset equal (0.99-1.02x). (Before the Winograd forward existed, ``auto`` chose
+  NNPACK and lost, 0.97x: it was not the default then.) Its costs: the first step of
+  each shape runs every candidate, and the choice depends on machine load at that moment,
+  so two processes may pick differently and differ in the last bits.
+- ``"onednn"`` for all passes switches the dispatcher off: ``conv2d`` is then exactly
+  ``F.conv2d`` (no autograd.Function, no cache), what eager PyTorch runs, bit for bit.
 - an algorithm name, for every pass or per pass (``forward=``, ``input=``, ``weight=``):
   used wherever it applies. Where it cannot (NNPACK with float64, NNPACK missing from this
   torch build, a failing call), oneDNN runs and the reason is recorded in the cache (and
@@ -81,8 +81,8 @@ ALGORITHMS = {
     "weight": ("onednn", "matmul", "winograd"),
 }
 ENV_VAR = "FASTCELLS_CONV_ALGO"
-# oneDNN, i.e. the dispatcher off: "auto" measured slower inside whole steps (module docstring)
-DEFAULT = {p: "onednn" for p in PASSES}
+# "auto": measured faster than oneDNN alone per step and rollout (module docstring)
+DEFAULT = {p: "auto" for p in PASSES}
 
 # Timing: each candidate runs once untimed (first-touch allocations, NNPACK's plans), then
 # REPEATS interleaved rounds; fewer rounds when one run is slow.
@@ -305,8 +305,8 @@ def set_conv_algorithm(algorithm: str | None = None, *, forward: str | None = No
     Unnamed passes keep their setting. The
     environment variable ``FASTCELLS_CONV_ALGO`` gives the initial setting in the same words
     (``"auto"``, ``"onednn"``, or ``"forward=nnpack,input=nnpack,weight=matmul"``, where
-    passes not named are ``"auto"``); without it every pass starts at ``"onednn"`` (the
-    dispatcher off: the module docstring says why)."""
+    passes not named are ``"auto"``); without it every pass starts at ``"auto"`` (the
+    module docstring says why; ``"onednn"`` is eager PyTorch's convolution bit for bit)."""
     new = dict(_setting) if algorithm is None else _parse(algorithm)
     for name, value in (("forward", forward), ("input", input), ("weight", weight)):
         if value is not None:
