@@ -9,9 +9,10 @@ Sequence layers (``nn.LSTM`` style): :class:`ConvLSTM`, :class:`SpatioTemporalLS
 :class:`MKLSTM`, :class:`ConvTTLSTM`, :class:`CausalLSTM` (PredRNN++), :class:`MIM`. Every
 module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
-:func:`set_conv_algorithm` chooses how the C++ backend runs the convolutions (oneDNN by
-default; autotuned or forced per pass, :mod:`fastcells.ops.conv`). :func:`patch` swaps them into models built on the
-public implementations (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model
+:func:`set_conv_algorithm` chooses how the C++ backend runs the convolutions (by default
+autotuned per shape among oneDNN, our Winograd, NNPACK and matmul; or forced per pass,
+:mod:`fastcells.ops.conv`). :func:`patch` swaps them into models built on the public
+implementations (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model
 zoo built on them.
 """
 from .backends import available_backends

@@ -36,11 +36,11 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
   passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it was built on
   (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution algorithms"), with
   our Winograd among the candidates: 1.11x oneDNN per cell step and 1.08x per no-grad
-  rollout in the geometric mean (0.90-1.35x, 1.00-1.28x), training iterations at the
-  mmnist preset equal (0.99-1.02x). (Before the Winograd forward existed, ``auto`` chose
-  NNPACK and lost, 0.97x: it was not the default then.) Its costs: the first step of
-  each shape runs every candidate, and the choice depends on machine load at that moment,
-  so two processes may pick differently and differ in the last bits.
+  rollout in the geometric mean (0.90-1.35x, 1.00-1.28x), 0.97-1.20x per training
+  iteration at the mmnist preset (two runs, three models). (Before the Winograd forward
+  existed, ``auto`` chose NNPACK and lost, 0.97x: it was not the default then.) Its costs:
+  the first step of each shape runs every candidate, and the choice depends on machine
+  load at that moment, so two processes may pick differently and differ in the last bits.
 - ``"onednn"`` for all passes switches the dispatcher off: ``conv2d`` is then exactly
   ``F.conv2d`` (no autograd.Function, no cache), what eager PyTorch runs, bit for bit.
 - an algorithm name, for every pass or per pass (``forward=``, ``input=``, ``weight=``):
