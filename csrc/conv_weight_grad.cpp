@@ -130,20 +130,6 @@ void transform_output(const float* m, float* dw, int64_t O, int64_t C) {
   });
 }
 
-// Chunks of tile rows, as in conv_winograd.cpp: U and V of one chunk take at most
-// kChunkFloats (2 MB, the L2 of a core here) unless that leaves fewer than kMinChunkTiles
-// tiles. The first version transformed everything at once: U and V are 4-9x the size of x
-// and dz, and writing fresh pages for them cost more than the products (216 ms against 55
-// ms of bmm at B=4, 64 -> 128, K=5, 64x64, 1 thread); the workspace is kept across calls.
-constexpr int64_t kChunkFloats = 512 << 10;
-constexpr int64_t kMinChunkTiles = 256;
-
-at::Tensor& workspace(int64_t floats) {
-  static thread_local at::Tensor buffer;
-  if (!buffer.defined() || buffer.numel() < floats) buffer = at::empty({floats}, at::kFloat);
-  return buffer;
-}
-
 template <int K>
 at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
                        int64_t chunk_floats) {
@@ -153,16 +139,15 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
   const int64_t TH = (Ho + S - 1) / S, TW = (Wo + S - 1) / S, rows = B * TH;
   const int64_t TWp = winograd::padded_tiles(TW);
   const int64_t per_row = A * A * (C + O) * TWp;
-  const int64_t chunk = std::min<int64_t>(
-      rows, chunk_floats > 0 ? std::max<int64_t>(1, chunk_floats / per_row)
-                             : std::max((kMinChunkTiles + TWp - 1) / TWp, kChunkFloats / per_row));
+  const int64_t chunk = winograd::chunk_rows(
+      rows, per_row, TWp, chunk_floats > 0 ? std::max<int64_t>(1, chunk_floats / per_row) : 0);
   const int64_t chunks = (rows + chunk - 1) / chunk;
   // One chunk per task, in its thread's workspace, summed into that thread's M; the
   // threads' M are added at the end (a fixed order: deterministic for a thread count).
   const int threads = chunks > 1 ? at::get_num_threads() : 1;
   auto partial = at::zeros({threads, A * A, O, C}, x.options());
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    float* ws = workspace(chunk * per_row).data_ptr<float>();
+    float* ws = winograd::workspace(chunk * per_row).data_ptr<float>();
     auto m = partial[chunks > 1 ? at::get_thread_num() : 0];
     for (int64_t ci = begin; ci < end; ++ci) {
       const int64_t r0 = ci * chunk, r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
@@ -182,7 +167,8 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
 }  // namespace
 
 // x (B, C, H, W) and dz (B, O, Ho, Wo) float32; Ho = H + 2 pad - K + 1 (same for W).
-// chunk_floats: floats of U and V per chunk (0: the rule above), a knob for tests.
+// chunk_floats: floats of U and V per chunk (0: the rule of winograd::chunk_rows), a knob
+// for tests.
 at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
                                      int64_t pad, int64_t chunk_floats) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && dz.scalar_type() == at::kFloat,

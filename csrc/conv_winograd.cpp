@@ -140,23 +140,6 @@ void transform_output(const float* m, const float* bias, float* y, int64_t O, in
   });
 }
 
-// Chunks of tile rows: V and the products of one chunk take at most kChunkFloats (2 MB, the
-// size of this machine's L2 per core) unless that leaves fewer than kMinChunkTiles tiles, below
-// which the products get thin (16 x 16 frames: 8 tiles per row). Against one chunk of 384
-// tiles at a time on all threads (the first version), interleaved medians on the 2-core EPYC:
-// 64 -> 256 k5 at 64 x 64 1.12 vs 0.91x oneDNN, 32 -> 128 k3 1.16 vs 1.04x, 128 -> 512 k5
-// at 16 x 16 1.22 vs 1.23x (benchmarks/NOTES.md).
-constexpr int64_t kChunkFloats = 512 << 10;
-constexpr int64_t kMinChunkTiles = 256;
-
-// One workspace for V and the products, kept across calls (fresh pages every call cost as
-// much as the products in the weight gradient's first version).
-at::Tensor& workspace(int64_t floats) {
-  static thread_local at::Tensor buffer;
-  if (!buffer.defined() || buffer.numel() < floats) buffer = at::empty({floats}, at::kFloat);
-  return buffer;
-}
-
 template <int M>
 at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const float* bias, int64_t pad,
                    int64_t chunk_tiles) {
@@ -167,15 +150,14 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const float* bias, 
   if (y.numel() == 0) return y;
   const int64_t TH = (Ho + M - 1) / M, TW = (Wo + M - 1) / M, rows = B * TH;
   const int64_t TWp = winograd::padded_tiles(TW), per_row = A * A * (C + O) * TWp;
-  const int64_t chunk = std::min<int64_t>(
-      rows, chunk_tiles > 0 ? std::max<int64_t>(1, chunk_tiles / TWp)
-                            : std::max((kMinChunkTiles + TWp - 1) / TWp, kChunkFloats / per_row));
+  const int64_t chunk = winograd::chunk_rows(
+      rows, per_row, TWp, chunk_tiles > 0 ? std::max<int64_t>(1, chunk_tiles / TWp) : 0);
   const int64_t chunks = (rows + chunk - 1) / chunk;
   auto ut = transform_weight<M>(w);
   // One chunk per task, each in its thread's workspace (the transforms and the product then
   // run single-threaded, nested); a single chunk runs on all threads.
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    float* ws = workspace(chunk * per_row).data_ptr<float>();
+    float* ws = winograd::workspace(chunk * per_row).data_ptr<float>();
     for (int64_t ci = begin; ci < end; ++ci) {
       const int64_t r0 = ci * chunk, r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
       float* vp = ws;
@@ -194,8 +176,8 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const float* bias, 
 }  // namespace
 
 // x (B, C, H, W), w (O, C, K, K) float32, K = 3 (F(4x4, 3x3)) or 5 (F(2x2, 5x5)); bias (O)
-// or undefined; equal padding on all sides. chunk_tiles: tiles per chunk (0: the rule
-// above), a knob for tests and measuring.
+// or undefined; equal padding on all sides. chunk_tiles: tiles per chunk (0: the rule of
+// winograd::chunk_rows), a knob for tests and measuring.
 at::Tensor conv2d_winograd(const at::Tensor& x, const at::Tensor& w,
                            const c10::optional<at::Tensor>& bias, int64_t pad,
                            int64_t chunk_tiles) {

@@ -7,9 +7,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace fastcells {
 namespace winograd {
@@ -41,6 +43,34 @@ static inline void bt6(const V* d, V* r) {
 // Tiles per row padded to whole vectors: transformed tensors hold TWp = round_up(TW, 8)
 // tiles per tile row; the padding tiles transform zeros (and are never written back).
 inline int64_t padded_tiles(int64_t tiles) { return (tiles + kLanes - 1) / kLanes * kLanes; }
+
+// Chunks of tile rows: the transformed tensors of one chunk (A*A * (C + O) floats per tile)
+// take at most kChunkFloats (2 MB, the L2 of a core on the EPYC this was measured on)
+// unless that leaves fewer than kMinChunkTiles tiles, below which the products get thin
+// (16 x 16 frames: 8 tiles per row; 8-tile chunks measured 0.23x oneDNN). Against one chunk
+// of 384 tiles at a time on all threads (the first version), interleaved medians on the
+// 2-core EPYC: 64 -> 256 k5 at 64 x 64 1.12 vs 0.91x oneDNN, 32 -> 128 k3 1.16 vs 1.04x,
+// 128 -> 512 k5 at 16 x 16 1.22 vs 1.23x (benchmarks/NOTES.md).
+constexpr int64_t kChunkFloats = 512 << 10;
+constexpr int64_t kMinChunkTiles = 256;
+
+// Tile rows per chunk, of `rows`, each `per_row` floats transformed and `tiles` (padded)
+// tiles wide; `forced` > 0 (a test or measuring knob) overrides the rule above.
+inline int64_t chunk_rows(int64_t rows, int64_t per_row, int64_t tiles, int64_t forced) {
+  const int64_t chunk = forced > 0 ? forced
+                                   : std::max((kMinChunkTiles + tiles - 1) / tiles,
+                                              kChunkFloats / per_row);
+  return std::min(rows, chunk);
+}
+
+// The calling thread's buffer for one chunk's transformed tensors, kept across calls:
+// fresh pages every call cost as much as the products (the weight gradient's first
+// version: 216 ms against 55 ms of bmm at B=4, 64 -> 128, K=5, 64x64, 1 thread).
+inline at::Tensor& workspace(int64_t floats) {
+  static thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < floats) buffer = at::empty({floats}, at::kFloat);
+  return buffer;
+}
 
 // Input patches of a stride-S tiling (S = 4: F(4, 3); S = 2: F(2, 5) and the weight
 // gradient F(5, 2)), transformed: V[p, c, n] for the tile rows r = b * TH + ty in [r0, r1),
