@@ -121,7 +121,8 @@ def _layer(name: str, channels: int, k: int, backend: str):
 
 
 VARIANTS = {"reference": ("reference", "onednn"), "cpp/onednn": ("cpp", "onednn"),
-            "cpp/winograd": ("cpp", "winograd"), "cpp/auto": ("cpp", "auto")}
+            "cpp/winograd": ("cpp", "winograd"), "cpp/winograd8": ("cpp", "winograd8"),
+            "cpp/auto": ("cpp", "auto")}
 
 
 def _with(setting: str, fn):

@@ -8,11 +8,11 @@
 namespace fastcells {
 // conv_weight_grad.cpp: Winograd F(K x K, 2 x 2) weight gradient, K = 3 or 5, float32.
 at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
-                                     int64_t pad, int64_t chunk_floats);
+                                     int64_t pad, int64_t chunk_floats, int64_t points);
 // conv_winograd.cpp: Winograd forward, F(4x4, 3x3) and F(2x2, 5x5), float32.
 at::Tensor conv2d_winograd(const at::Tensor& x, const at::Tensor& w,
                            const c10::optional<at::Tensor>& bias, int64_t pad,
-                           int64_t chunk_tiles);
+                           int64_t chunk_tiles, int64_t points);
 }  // namespace fastcells
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

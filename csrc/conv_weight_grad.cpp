@@ -24,16 +24,14 @@
 namespace fastcells {
 namespace {
 
-using winograd::A;
-using winograd::F8;
-using winograd::kLanes;
 
-template <int K>
-struct Taps;  // kernel K x K from S x S tiles of dz
+template <int K, int S>
+struct Taps;  // kernel K x K from S x S tiles of dz, on A = K + S - 1 points
 
 template <>
-struct Taps<3> {
-  static constexpr int S = 4;
+struct Taps<3, 4> {
+  static constexpr int K = 3, S = 4;
+  static constexpr int A = 6;
   static constexpr float G[A][S] = {{0.25f, 0, 0, 0},
                                     {-1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6},
                                     {-1.f / 6, 1.f / 6, -1.f / 6, 1.f / 6},
@@ -45,8 +43,9 @@ struct Taps<3> {
 };
 
 template <>
-struct Taps<5> {
-  static constexpr int S = 2;
+struct Taps<5, 2> {
+  static constexpr int K = 5, S = 2;
+  static constexpr int A = 6;
   static constexpr float G[A][S] = {{0.25f, 0},       {-1.f / 6, -1.f / 6}, {-1.f / 6, 1.f / 6},
                                     {1.f / 24, 1.f / 12}, {1.f / 24, -1.f / 12}, {0, 1}};
   static constexpr float AT[5][A] = {{1, 1, 1, 1, 1, 0},
@@ -56,14 +55,42 @@ struct Taps<5> {
                                      {0, 1, 1, 16, 16, 1}};
 };
 
+// The 8-point set (winograd.h): F(3x3, 6x6) and F(5x5, 4x4), 64 multiplies per (o, c) and
+// tile: 64 vs 324 (K = 3), 64 vs 400 (K = 5).
+template <int K, int S>
+constexpr winograd::Matrix8<8> at8() {  // rows 0..K-1 used: AT (K x 8)
+  winograd::Matrix8<8> a{};
+  for (int i = 0; i < K; ++i)
+    for (int p = 0; p < 8; ++p)
+      a.v[i][p] = p == 7 ? (i == K - 1 ? 1.f : 0.f) : winograd::power(winograd::kPoints8[p], i);
+  return a;
+}
+
+template <>
+struct Taps<3, 6> {
+  static constexpr int K = 3, S = 6;
+  static constexpr int A = 8;
+  static constexpr winograd::Matrix8<6> G = winograd::g8<6>();
+  static constexpr winograd::Matrix8<8> AT = at8<3, 6>();
+};
+
+template <>
+struct Taps<5, 4> {
+  static constexpr int K = 5, S = 4;
+  static constexpr int A = 8;
+  static constexpr winograd::Matrix8<4> G = winograd::g8<4>();
+  static constexpr winograd::Matrix8<8> AT = at8<5, 4>();
+};
+
 // U[p, o, n] for the tile rows r in [r0, r1), n = (r - r0) * TWp + tx: the S x S tiles of
 // dz (zero beyond Ho x Wo, and for the padding tiles), transformed.
-template <int K>
+template <int K, int S, int Ln>
 void transform_grad(const float* dz, float* u, int64_t O, int64_t Ho, int64_t Wo, int64_t TH,
                     int64_t TW, int64_t r0, int64_t r1) {
-  using T = Taps<K>;
-  constexpr int S = T::S;
-  const int64_t TWp = winograd::padded_tiles(TW), R = r1 - r0, N = R * TWp;
+  using T = Taps<K, S>;
+  constexpr int A = T::A;
+  using V = winograd::Vec<Ln>;
+  const int64_t TWp = winograd::padded_tiles(TW, Ln), R = r1 - r0, N = R * TWp;
   at::parallel_for(0, O * R, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> phase(S * S * TWp);  // phase[rr][s][t] = dz[S ty + rr, S t + s]
     for (int64_t orow = begin; orow < end; ++orow) {
@@ -81,22 +108,22 @@ void transform_grad(const float* dz, float* u, int64_t O, int64_t Ho, int64_t Wo
         }
       }
       float* out = u + o * N + (r - r0) * TWp;
-      for (int64_t t0 = 0; t0 < TWp; t0 += kLanes) {
-        F8 g[S][S];
+      for (int64_t t0 = 0; t0 < TWp; t0 += Ln) {
+        V g[S][S];
         for (int rr = 0; rr < S; ++rr)
-          for (int s = 0; s < S; ++s) g[rr][s] = winograd::load8(phase.data() + (rr * S + s) * TWp + t0);
-        F8 col[S][A];  // col[s][p] = (G g)[p, s]
+          for (int s = 0; s < S; ++s) g[rr][s] = winograd::load<Ln>(phase.data() + (rr * S + s) * TWp + t0);
+        V col[S][A];  // col[s][p] = (G g)[p, s]
         for (int s = 0; s < S; ++s)
           for (int p = 0; p < A; ++p) {
-            F8 acc = T::G[p][0] * g[0][s];
+            V acc = T::G[p][0] * g[0][s];
             for (int rr = 1; rr < S; ++rr) acc += T::G[p][rr] * g[rr][s];
             col[s][p] = acc;
           }
         for (int p = 0; p < A; ++p)
           for (int q = 0; q < A; ++q) {
-            F8 acc = T::G[q][0] * col[0][p];
+            V acc = T::G[q][0] * col[0][p];
             for (int s = 1; s < S; ++s) acc += T::G[q][s] * col[s][p];
-            winograd::store8(out + (p * A + q) * O * N + t0, acc);
+            winograd::store<Ln>(out + (p * A + q) * O * N + t0, acc);
           }
       }
     }
@@ -104,9 +131,10 @@ void transform_grad(const float* dz, float* u, int64_t O, int64_t Ho, int64_t Wo
 }
 
 // dW[o, c, i, j] = sum_{p, q} AT[i][p] M[p * A + q, o, c] AT[j][q].
-template <int K>
+template <int K, int S>
 void transform_output(const float* m, float* dw, int64_t O, int64_t C) {
-  using T = Taps<K>;
+  using T = Taps<K, S>;
+  constexpr int A = T::A;
   const int64_t OC = O * C;
   at::parallel_for(0, OC, 256, [&](int64_t begin, int64_t end) {
     for (int64_t oc = begin; oc < end; ++oc) {
@@ -130,14 +158,14 @@ void transform_output(const float* m, float* dw, int64_t O, int64_t C) {
   });
 }
 
-template <int K>
-at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
+template <int K, int S, int Ln>
+at::Tensor weight_grad_lanes(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
                        int64_t chunk_floats) {
-  constexpr int S = Taps<K>::S;
+  constexpr int A = Taps<K, S>::A;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t O = dz.size(1), Ho = dz.size(2), Wo = dz.size(3);
   const int64_t TH = (Ho + S - 1) / S, TW = (Wo + S - 1) / S, rows = B * TH;
-  const int64_t TWp = winograd::padded_tiles(TW);
+  const int64_t TWp = winograd::padded_tiles(TW, Ln);
   const int64_t per_row = A * A * (C + O) * TWp;
   const int64_t chunk = winograd::chunk_rows(
       rows, per_row, TWp, chunk_floats > 0 ? std::max<int64_t>(1, chunk_floats / per_row) : 0);
@@ -153,36 +181,49 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
       const int64_t r0 = ci * chunk, r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
       auto v = at::from_blob(ws, {A * A, C, N}, x.options());
       auto u = at::from_blob(ws + A * A * C * N, {A * A, O, N}, x.options());
-      winograd::transform_input<S>(x.data_ptr<float>(), ws, C, H, W, pad, TH, TW, r0, r1);
-      transform_grad<K>(dz.data_ptr<float>(), ws + A * A * C * N, O, Ho, Wo, TH, TW, r0, r1);
+      winograd::transform_input<S, A, Ln>(x.data_ptr<float>(), ws, C, H, W, pad, TH, TW, r0, r1);
+      transform_grad<K, S, Ln>(dz.data_ptr<float>(), ws + A * A * C * N, O, Ho, Wo, TH, TW, r0, r1);
       m.baddbmm_(u, v.transpose(1, 2));
     }
   });
   auto m = threads > 1 ? partial.sum(0) : partial[0];
   auto dw = at::empty({O, C, K, K}, x.options());
-  transform_output<K>(m.data_ptr<float>(), dw.data_ptr<float>(), O, C);
+  transform_output<K, S>(m.data_ptr<float>(), dw.data_ptr<float>(), O, C);
   return dw;
+}
+
+template <int K, int S>
+at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
+                       int64_t chunk_floats) {
+  return winograd::lanes_for((dz.size(3) + S - 1) / S) == 4
+             ? weight_grad_lanes<K, S, 4>(x, dz, pad, chunk_floats)
+             : weight_grad_lanes<K, S, 8>(x, dz, pad, chunk_floats);
 }
 
 }  // namespace
 
 // x (B, C, H, W) and dz (B, O, Ho, Wo) float32; Ho = H + 2 pad - K + 1 (same for W).
 // chunk_floats: floats of U and V per chunk (0: the rule of winograd::chunk_rows), a knob
-// for tests.
+// for tests. points: 6 (F(3x3, 4x4), F(5x5, 2x2)) or 8 (F(3x3, 6x6), F(5x5, 4x4)).
 at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
-                                     int64_t pad, int64_t chunk_floats) {
+                                     int64_t pad, int64_t chunk_floats, int64_t points) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && dz.scalar_type() == at::kFloat,
               "conv_weight_grad_winograd: float32 only");
   TORCH_CHECK(x.dim() == 4 && dz.dim() == 4 && x.size(0) == dz.size(0),
               "conv_weight_grad_winograd: x (B, C, H, W) and dz (B, O, Ho, Wo)");
   TORCH_CHECK(kernel == 3 || kernel == 5, "conv_weight_grad_winograd: kernel 3 or 5");
+  TORCH_CHECK(points == 6 || points == 8, "conv_weight_grad_winograd: points 6 or 8, got ",
+              points);
   TORCH_CHECK(pad >= 0 && dz.size(2) == x.size(2) + 2 * pad - kernel + 1 &&
                   dz.size(3) == x.size(3) + 2 * pad - kernel + 1,
               "conv_weight_grad_winograd: dz's size does not match x, kernel and pad");
   auto xc = x.contiguous();
   auto dzc = dz.contiguous();
-  return kernel == 3 ? weight_grad<3>(xc, dzc, pad, chunk_floats)
-                     : weight_grad<5>(xc, dzc, pad, chunk_floats);
+  if (points == 8)
+    return kernel == 3 ? weight_grad<3, 6>(xc, dzc, pad, chunk_floats)
+                       : weight_grad<5, 4>(xc, dzc, pad, chunk_floats);
+  return kernel == 3 ? weight_grad<3, 4>(xc, dzc, pad, chunk_floats)
+                     : weight_grad<5, 2>(xc, dzc, pad, chunk_floats);
 }
 
 }  // namespace fastcells

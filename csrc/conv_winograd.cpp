@@ -1,4 +1,5 @@
-// Winograd forward convolution, stride 1, float32: F(4 x 4, 3 x 3) and F(2 x 2, 5 x 5).
+// Winograd forward convolution, stride 1, float32: F(4 x 4, 3 x 3) and F(2 x 2, 5 x 5) on 6
+// points, F(6 x 6, 3 x 3) and F(4 x 4, 5 x 5) on 8.
 //
 //   y[b, o, Y, X] = bias[o] + sum_{c, i, j} w[o, c, i, j] * x_pad[b, c, Y + i, X + j]
 //
@@ -31,16 +32,17 @@
 namespace fastcells {
 namespace {
 
-using winograd::A;
-using winograd::F8;
-using winograd::kLanes;
 
-template <int M>
-struct Tiles;  // output tile M x M, kernel K = A - M + 1
+// F(M x M, K x K): output tile M x M, kernel K x K, transformed tile A x A, A = M + K - 1
+// (6: the points 0, +-1, +-2, infinity; 8: also +-1/2). G (A x K) transforms the kernel, at()
+// is AT (M x A) on one column.
+template <int M, int K>
+struct Tiles;
 
 template <>
-struct Tiles<4> {
+struct Tiles<4, 3> {
   static constexpr int K = 3;
+  static constexpr int A = 6;
   static constexpr float G[A][K] = {{0.25f, 0, 0},
                                     {-1.f / 6, -1.f / 6, -1.f / 6},
                                     {-1.f / 6, 1.f / 6, -1.f / 6},
@@ -48,8 +50,9 @@ struct Tiles<4> {
                                     {1.f / 24, -1.f / 12, 1.f / 6},
                                     {0, 0, 1}};
   // o = AT m for one column m0..m5
-  static inline void at(const F8* m, F8* o) {
-    const F8 a = m[1] + m[2], s = m[1] - m[2], c = m[3] + m[4], e = m[3] - m[4];
+  template <typename V>
+  static inline void at(const V* m, V* o) {
+    const V a = m[1] + m[2], s = m[1] - m[2], c = m[3] + m[4], e = m[3] - m[4];
     o[0] = m[0] + a + c;
     o[1] = s + 2.f * e;
     o[2] = a + 4.f * c;
@@ -58,25 +61,66 @@ struct Tiles<4> {
 };
 
 template <>
-struct Tiles<2> {
+struct Tiles<2, 5> {
   static constexpr int K = 5;
+  static constexpr int A = 6;
   static constexpr float G[A][K] = {{0.25f, 0, 0, 0, 0},
                                     {-1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6},
                                     {-1.f / 6, 1.f / 6, -1.f / 6, 1.f / 6, -1.f / 6},
                                     {1.f / 24, 1.f / 12, 1.f / 6, 1.f / 3, 2.f / 3},
                                     {1.f / 24, -1.f / 12, 1.f / 6, -1.f / 3, 2.f / 3},
                                     {0, 0, 0, 0, 1}};
-  static inline void at(const F8* m, F8* o) {
+  template <typename V>
+  static inline void at(const V* m, V* o) {
     o[0] = m[0] + m[1] + m[2] + m[3] + m[4];
     o[1] = m[1] - m[2] + 2.f * (m[3] - m[4]) + m[5];
   }
 };
 
+// o = AT m on the 8-point set for the first `M` outputs: row i is 1, (+-1), (+-2)^i,
+// (+-1/2)^i, and the infinity point in the last row.
+template <int M, typename V>
+static inline void at8(const V* m, V* o) {
+  const V a = m[1] + m[2], s = m[1] - m[2], c = m[3] + m[4], e = m[3] - m[4],
+           f = m[5] + m[6], h = m[5] - m[6];
+  o[0] = m[0] + a + c + f;
+  o[1] = s + 2.f * e + 0.5f * h;
+  o[2] = a + 4.f * c + 0.25f * f;
+  o[3] = s + 8.f * e + 0.125f * h;
+  if constexpr (M == 6) {
+    o[4] = a + 16.f * c + 0.0625f * f;
+    o[5] = s + 32.f * e + 0.03125f * h;
+  }
+  o[M - 1] += m[7];
+}
+
+template <>
+struct Tiles<6, 3> {
+  static constexpr int K = 3;
+  static constexpr int A = 8;
+  static constexpr winograd::Matrix8<K> G = winograd::g8<K>();
+  template <typename V>
+  static inline void at(const V* m, V* o) {
+    at8<6>(m, o);
+  }
+};
+
+template <>
+struct Tiles<4, 5> {
+  static constexpr int K = 5;
+  static constexpr int A = 8;
+  static constexpr winograd::Matrix8<K> G = winograd::g8<K>();
+  template <typename V>
+  static inline void at(const V* m, V* o) {
+    at8<4>(m, o);
+  }
+};
+
 // Ut[p, o, c] = (G g G^T)[p] for g = w[o, c] (K x K).
-template <int M>
+template <int M, int K>
 at::Tensor transform_weight(const at::Tensor& w) {
-  using T = Tiles<M>;
-  constexpr int K = T::K;
+  using T = Tiles<M, K>;
+  constexpr int A = T::A;
   const int64_t O = w.size(0), C = w.size(1), OC = O * C;
   auto ut = at::empty({A * A, O, C}, w.options());
   const float* g = w.data_ptr<float>();
@@ -104,11 +148,13 @@ at::Tensor transform_weight(const at::Tensor& w) {
 
 // y[b, o, M ty + i, M tx + j] = bias[o] + (AT m AT^T)[i, j] for the products m[p, o, n],
 // n = (r - r0) * TWp + tx.
-template <int M>
+template <int M, int K, int Ln>
 void transform_output(const float* m, const float* bias, float* y, int64_t O, int64_t Ho,
                       int64_t Wo, int64_t TH, int64_t TW, int64_t r0, int64_t r1) {
-  using T = Tiles<M>;
-  const int64_t TWp = winograd::padded_tiles(TW), R = r1 - r0, N = R * TWp;
+  using T = Tiles<M, K>;
+  constexpr int A = T::A;
+  using V = winograd::Vec<Ln>;
+  const int64_t TWp = winograd::padded_tiles(TW, Ln), R = r1 - r0, N = R * TWp;
   at::parallel_for(0, O * R, 1, [&](int64_t begin, int64_t end) {
     for (int64_t orow = begin; orow < end; ++orow) {
       const int64_t o = orow / R, r = r0 + orow % R;
@@ -116,22 +162,22 @@ void transform_output(const float* m, const float* bias, float* y, int64_t O, in
       const float b0 = bias ? bias[o] : 0.f;
       float* plane = y + (b * O + o) * Ho * Wo;
       const float* src = m + o * N + (r - r0) * TWp;
-      for (int64_t t0 = 0; t0 < TW; t0 += kLanes) {  // the padding tiles are not written
-        F8 col[A][M];  // col[q][i] = (AT m)[i, q]
+      for (int64_t t0 = 0; t0 < TW; t0 += Ln) {  // the padding tiles are not written
+        V col[A][M];  // col[q][i] = (AT m)[i, q]
         for (int q = 0; q < A; ++q) {
-          F8 mm[A];
-          for (int p = 0; p < A; ++p) mm[p] = winograd::load8(src + (p * A + q) * O * N + t0);
+          V mm[A];
+          for (int p = 0; p < A; ++p) mm[p] = winograd::load<Ln>(src + (p * A + q) * O * N + t0);
           T::at(mm, col[q]);
         }
-        const int64_t width = std::min<int64_t>(M * kLanes, Wo - M * t0);
+        const int64_t width = std::min<int64_t>(M * Ln, Wo - M * t0);
         for (int i = 0; i < M; ++i) {
           const int64_t yy = M * ty + i;
           if (yy >= Ho) break;
-          F8 row[A], out[M];
+          V row[A], out[M];
           for (int q = 0; q < A; ++q) row[q] = col[q][i];
           T::at(row, out);
-          float line[M * kLanes];  // the tiles' row i, interleaved back to columns
-          for (int l = 0; l < kLanes; ++l)
+          float line[M * Ln];  // the tiles' row i, interleaved back to columns
+          for (int l = 0; l < Ln; ++l)
             for (int j = 0; j < M; ++j) line[M * l + j] = out[j][l] + b0;
           std::memcpy(plane + yy * Wo + M * t0, line, width * sizeof(float));
         }
@@ -140,20 +186,20 @@ void transform_output(const float* m, const float* bias, float* y, int64_t O, in
   });
 }
 
-template <int M>
-at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const float* bias, int64_t pad,
+template <int M, int K, int Ln>
+at::Tensor forward_lanes(const at::Tensor& x, const at::Tensor& w, const float* bias, int64_t pad,
                    int64_t chunk_tiles) {
-  constexpr int K = Tiles<M>::K;
+  constexpr int A = Tiles<M, K>::A;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = w.size(0);
   const int64_t Ho = H + 2 * pad - K + 1, Wo = W + 2 * pad - K + 1;
   auto y = new_output({B, O, Ho, Wo}, x.options());
   if (y.numel() == 0) return y;
   const int64_t TH = (Ho + M - 1) / M, TW = (Wo + M - 1) / M, rows = B * TH;
-  const int64_t TWp = winograd::padded_tiles(TW), per_row = A * A * (C + O) * TWp;
+  const int64_t TWp = winograd::padded_tiles(TW, Ln), per_row = A * A * (C + O) * TWp;
   const int64_t chunk = winograd::chunk_rows(
       rows, per_row, TWp, chunk_tiles > 0 ? std::max<int64_t>(1, chunk_tiles / TWp) : 0);
   const int64_t chunks = (rows + chunk - 1) / chunk;
-  auto ut = transform_weight<M>(w);
+  auto ut = transform_weight<M, K>(w);
   // One chunk per task, each in its thread's workspace (the transforms and the product then
   // run single-threaded, nested); a single chunk runs on all threads.
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -162,31 +208,40 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const float* bias, 
       const int64_t r0 = ci * chunk, r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
       float* vp = ws;
       float* mp = ws + A * A * C * N;
-      winograd::transform_input<M>(x.data_ptr<float>(), vp, C, H, W, pad, TH, TW, r0, r1);
+      winograd::transform_input<M, A, Ln>(x.data_ptr<float>(), vp, C, H, W, pad, TH, TW, r0, r1);
       auto v = at::from_blob(vp, {A * A, C, N}, x.options());
       auto m = at::from_blob(mp, {A * A, O, N}, x.options());
       at::bmm_out(m, ut, v);
-      transform_output<M>(mp, bias, y.data_ptr<float>(), O, Ho, Wo, TH, TW, r0, r1);
+      transform_output<M, K, Ln>(mp, bias, y.data_ptr<float>(), O, Ho, Wo, TH, TW, r0, r1);
     }
   });
   return y;
 }
 
+template <int M, int K>
+at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const float* bias, int64_t pad,
+                   int64_t chunk_tiles) {
+  const int64_t tiles = (x.size(3) + 2 * pad - K + 1 + M - 1) / M;
+  return winograd::lanes_for(tiles) == 4 ? forward_lanes<M, K, 4>(x, w, bias, pad, chunk_tiles)
+                                         : forward_lanes<M, K, 8>(x, w, bias, pad, chunk_tiles);
+}
 
 }  // namespace
 
-// x (B, C, H, W), w (O, C, K, K) float32, K = 3 (F(4x4, 3x3)) or 5 (F(2x2, 5x5)); bias (O)
-// or undefined; equal padding on all sides. chunk_tiles: tiles per chunk (0: the rule of
-// winograd::chunk_rows), a knob for tests and measuring.
+// x (B, C, H, W), w (O, C, K, K) float32, K = 3 or 5; bias (O) or undefined; equal padding
+// on all sides. points: 6 (F(4x4, 3x3), F(2x2, 5x5)) or 8 (F(6x6, 3x3), F(4x4, 5x5): fewer
+// multiplies, about 1.5-2x the rounding error). chunk_tiles: tiles per chunk (0: the rule
+// of winograd::chunk_rows), a knob for tests and measuring.
 at::Tensor conv2d_winograd(const at::Tensor& x, const at::Tensor& w,
                            const c10::optional<at::Tensor>& bias, int64_t pad,
-                           int64_t chunk_tiles) {
+                           int64_t chunk_tiles, int64_t points) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
               "conv2d_winograd: float32 only");
   TORCH_CHECK(x.dim() == 4 && w.dim() == 4 && x.size(1) == w.size(1),
               "conv2d_winograd: x (B, C, H, W) and w (O, C, K, K)");
   const int64_t K = w.size(2);
   TORCH_CHECK((K == 3 || K == 5) && w.size(3) == K, "conv2d_winograd: square kernel 3 or 5");
+  TORCH_CHECK(points == 6 || points == 8, "conv2d_winograd: points 6 or 8, got ", points);
   TORCH_CHECK(pad >= 0 && x.size(2) + 2 * pad >= K && x.size(3) + 2 * pad >= K,
               "conv2d_winograd: padding ", pad, " leaves no output for a ", K, "x", K,
               " kernel");
@@ -200,7 +255,11 @@ at::Tensor conv2d_winograd(const at::Tensor& x, const at::Tensor& w,
   }
   auto xc = x.contiguous();
   auto wc = w.contiguous();
-  return K == 3 ? forward<4>(xc, wc, b, pad, chunk_tiles) : forward<2>(xc, wc, b, pad, chunk_tiles);
+  if (points == 8)
+    return K == 3 ? forward<6, 3>(xc, wc, b, pad, chunk_tiles)
+                  : forward<4, 5>(xc, wc, b, pad, chunk_tiles);
+  return K == 3 ? forward<4, 3>(xc, wc, b, pad, chunk_tiles)
+                : forward<2, 5>(xc, wc, b, pad, chunk_tiles);
 }
 
 }  // namespace fastcells

@@ -1,7 +1,8 @@
-// Winograd transforms on the 6-point Toom-Cook set 0, 1, -1, 2, -2, infinity, shared by the
-// forward convolution (conv_winograd.cpp: F(4x4, 3x3), F(2x2, 5x5)) and the weight
-// gradient (conv_weight_grad.cpp: F(5x5, 2x2)). The transforms run on eight tiles of a tile
-// row at once (one F8 per transformed value), written as closed forms: the generic matrix
+// Winograd input transforms on the 6-point Toom-Cook set 0, 1, -1, 2, -2, infinity, shared
+// by the forward convolution (conv_winograd.cpp: F(4x4, 3x3), F(2x2, 5x5)) and the weight
+// gradient (conv_weight_grad.cpp: F(3x3, 4x4), F(5x5, 2x2)), and on the 8-point set that adds
+// 1/2 and -1/2 (the forward's F(6x6, 3x3) and F(4x4, 5x5)). The transforms run on eight tiles of a tile
+// row at once (one vector per transformed value), written as closed forms: the generic matrix
 // loops they replace spent ~300 cycles per tile and channel in scalar gathers, as long as
 // the matrix products themselves (benchmarks/NOTES.md).
 #pragma once
@@ -16,18 +17,33 @@
 namespace fastcells {
 namespace winograd {
 
-constexpr int A = 6;      // transformed tile: A x A
-constexpr int kLanes = 8;  // tiles per vector
+constexpr int A = 6;      // transformed tile of the 6-point set: A x A
+// Tiles per vector: 8 (one AVX register), or 4 where rows of 4 tiles (16 x 16 frames with
+// 4 x 4 output tiles) would leave half of every 8-wide vector, and of the products, padding.
+template <int L>
+struct Lanes;
+template <>
+struct Lanes<8> {
+  typedef float V __attribute__((vector_size(32)));
+};
+template <>
+struct Lanes<4> {
+  typedef float V __attribute__((vector_size(16)));
+};
+template <int L>
+using Vec = typename Lanes<L>::V;
 
-typedef float F8 __attribute__((vector_size(32)));
-
-static inline F8 load8(const float* p) {
-  F8 v;
+template <int L>
+static inline Vec<L> load(const float* p) {
+  Vec<L> v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-static inline void store8(float* p, F8 v) { std::memcpy(p, &v, sizeof(v)); }
+template <int L>
+static inline void store(float* p, Vec<L> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
 
 // r = BT d for one column (d0..d5) of a 6 x 6 patch.
 template <typename V>
@@ -40,9 +56,67 @@ static inline void bt6(const V* d, V* r) {
   r[5] = 4.f * d[1] - 5.f * d[3] + d[5];
 }
 
-// Tiles per row padded to whole vectors: transformed tensors hold TWp = round_up(TW, 8)
+// r = BT d for the 8-point set (0, 1, -1, 2, -2, 1/2, -1/2, infinity; Lavin & Gray's F(6, 3)
+// input transform), d0..d7.
+template <typename V>
+static inline void bt8(const V* d, V* r) {
+  r[0] = d[0] - d[6] + 5.25f * (d[4] - d[2]);
+  r[7] = d[7] - d[1] + 5.25f * (d[3] - d[5]);
+  V a = d[2] + d[6] - 4.25f * d[4], b = d[1] + d[5] - 4.25f * d[3];
+  r[1] = a + b;
+  r[2] = a - b;
+  a = 0.25f * d[2] - 1.25f * d[4] + d[6];
+  b = 0.5f * d[1] - 2.5f * d[3] + 2.f * d[5];
+  r[3] = a + b;
+  r[4] = a - b;
+  a = 4.f * d[2] - 5.f * d[4] + d[6];
+  b = 2.f * d[1] - 2.5f * d[3] + 0.5f * d[5];
+  r[5] = a + b;
+  r[6] = a - b;
+}
+
+// The 8-point set's kernel transform G (8 x r, row p at point p: scale_p * point_p^k; the
+// last row the infinity point) and output transform AT (m x 8, row i: point_p^i), from the
+// Toom-Cook construction; G's first row is scaled by -1 against it, as bt8's first row.
+constexpr float kPoints8[7] = {0.f, 1.f, -1.f, 2.f, -2.f, 0.5f, -0.5f};
+constexpr float kScales8[7] = {1.f, -2.f / 9, -2.f / 9, 1.f / 90, 1.f / 90, 32.f / 45, 32.f / 45};
+
+constexpr float power(float a, int k) { return k == 0 ? 1.f : a * power(a, k - 1); }
+
+template <int R>
+struct Matrix8 {  // an 8 x R table
+  float v[8][R];
+  constexpr const float* operator[](int p) const { return v[p]; }
+};
+
+template <int R>
+constexpr Matrix8<R> g8() {
+  Matrix8<R> g{};
+  for (int p = 0; p < 8; ++p)
+    for (int k = 0; k < R; ++k)
+      g.v[p][k] = p == 7 ? (k == R - 1 ? 1.f : 0.f) : kScales8[p] * power(kPoints8[p], k);
+  return g;
+}
+
+template <int N, typename V>
+static inline void bt(const V* d, V* r) {
+  static_assert(N == 6 || N == 8, "6- or 8-point Winograd sets only");
+  if constexpr (N == 6)
+    bt6(d, r);
+  else
+    bt8(d, r);
+}
+
+// Tiles per row padded to whole vectors: transformed tensors hold TWp = round_up(TW, L)
 // tiles per tile row; the padding tiles transform zeros (and are never written back).
-inline int64_t padded_tiles(int64_t tiles) { return (tiles + kLanes - 1) / kLanes * kLanes; }
+inline int64_t padded_tiles(int64_t tiles, int lanes) {
+  return (tiles + lanes - 1) / lanes * lanes;
+}
+
+// 8 lanes unless 4 pad less (rows of 4, 12, 20 tiles).
+inline int lanes_for(int64_t tiles) {
+  return padded_tiles(tiles, 4) < padded_tiles(tiles, 8) ? 4 : 8;
+}
 
 // Chunks of tile rows: the transformed tensors of one chunk (A*A * (C + O) floats per tile)
 // take at most kChunkFloats (2 MB, the L2 of a core on the EPYC this was measured on)
@@ -72,25 +146,26 @@ inline at::Tensor& workspace(int64_t floats) {
   return buffer;
 }
 
-// Input patches of a stride-S tiling (S = 4: F(4, 3); S = 2: F(2, 5) and the weight
-// gradient F(5, 2)), transformed: V[p, c, n] for the tile rows r = b * TH + ty in [r0, r1),
-// n = (r - r0) * TWp + tx, patch rows S ty - pad + [0, 6), columns S tx - pad + [0, 6),
-// zero outside the H x W plane.
-template <int S>
+// Input patches of N x N (6 or 8 points) at a stride-S tiling (S = M, the output tile of
+// F(M, K), or the weight gradient's dz tile), transformed: V[p, c, n] for the tile rows
+// r = b * TH + ty in [r0, r1), n = (r - r0) * TWp + tx, patch rows S ty - pad + [0, N),
+// columns S tx - pad + [0, N), zero outside the H x W plane.
+template <int S, int N, int Ln>
 void transform_input(const float* x, float* v, int64_t C, int64_t H, int64_t W, int64_t pad,
                      int64_t TH, int64_t TW, int64_t r0, int64_t r1) {
-  const int64_t TWp = padded_tiles(TW), R = r1 - r0, N = R * TWp;
+  using V = Vec<Ln>;
+  const int64_t TWp = padded_tiles(TW, Ln), R = r1 - r0, NT = R * TWp;
   // The patch rows deinterleaved by phase: phase[i][k][t] = x[row i][S t + k - pad], so
   // column S tx + j of the patch is phase[i][j % S][tx + j / S] and eight tiles are one load.
-  constexpr int kExtra = (A - 1) / S + 1;
+  constexpr int kExtra = (N - 1) / S + 1;
   const int64_t L = TWp + kExtra;
   at::parallel_for(0, C * R, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> phase(A * S * L);
+    std::vector<float> phase(N * S * L);
     for (int64_t cr = begin; cr < end; ++cr) {
       const int64_t c = cr / R, r = r0 + cr % R;
       const int64_t b = r / TH, ty = r % TH;
       const float* plane = x + (b * C + c) * H * W;
-      for (int i = 0; i < A; ++i) {
+      for (int i = 0; i < N; ++i) {
         const int64_t y = S * ty + i - pad;
         float* dst = phase.data() + i * S * L;
         if (y < 0 || y >= H) {
@@ -106,20 +181,20 @@ void transform_input(const float* x, float* v, int64_t C, int64_t H, int64_t W, 
           }
         }
       }
-      float* out = v + c * N + (r - r0) * TWp;
-      for (int64_t t0 = 0; t0 < TWp; t0 += kLanes) {
-        F8 col[A][A];  // col[j][p] = (BT d)[p, j]: the vertical pass, column by column
-        for (int j = 0; j < A; ++j) {
-          F8 d[A];
-          for (int i = 0; i < A; ++i)
-            d[i] = load8(phase.data() + (i * S + j % S) * L + t0 + j / S);
-          bt6(d, col[j]);
+      float* out = v + c * NT + (r - r0) * TWp;
+      for (int64_t t0 = 0; t0 < TWp; t0 += Ln) {
+        V col[N][N];  // col[j][p] = (BT d)[p, j]: the vertical pass, column by column
+        for (int j = 0; j < N; ++j) {
+          V d[N];
+          for (int i = 0; i < N; ++i)
+            d[i] = load<Ln>(phase.data() + (i * S + j % S) * L + t0 + j / S);
+          bt<N>(d, col[j]);
         }
-        for (int p = 0; p < A; ++p) {  // the horizontal pass: (BT d BT^T)[p, q]
-          F8 row[A], res[A];
-          for (int j = 0; j < A; ++j) row[j] = col[j][p];
-          bt6(row, res);
-          for (int q = 0; q < A; ++q) store8(out + (p * A + q) * C * N + t0, res[q]);
+        for (int p = 0; p < N; ++p) {  // the horizontal pass: (BT d BT^T)[p, q]
+          V row[N], res[N];
+          for (int j = 0; j < N; ++j) row[j] = col[j][p];
+          bt<N>(row, res);
+          for (int q = 0; q < N; ++q) store<Ln>(out + (p * N + q) * C * NT + t0, res[q]);
         }
       }
     }

@@ -25,7 +25,7 @@ requires_nnpack = pytest.mark.skipif(not NNPACK, reason="this torch build has no
 def _skip_unavailable(algos):
     if "nnpack" in algos and not NNPACK:
         pytest.skip("this torch build has no NNPACK")
-    if "winograd" in algos and not _ext.cpp_available():
+    if set(algos) & set(C.WINOGRAD_POINTS) and not _ext.cpp_available():
         pytest.skip("C++ extension not built")
 
 
@@ -66,6 +66,7 @@ SETTINGS = {
     "auto": dict(forward="auto", input="auto", weight="auto"),
     "off": dict(forward="onednn", input="onednn", weight="onednn"),
     "winograd": dict(forward="winograd", input="winograd", weight="winograd"),
+    "winograd8": dict(forward="winograd8", input="winograd8", weight="winograd8"),
     "mixed": dict(forward="matmul", input="nnpack", weight="winograd"),
 }
 
@@ -83,11 +84,11 @@ def _ran(choice: dict, algo: str) -> bool:
     far off as oneDNN (NNPACK's 3x3 Winograd and the Winograd weight gradient on small inputs,
     tested in test_implementations_match_conv2d)."""
     return (choice["algorithm"] == algo
-            or (algo in ("nnpack", "winograd")
+            or (algo in ("nnpack", *C.WINOGRAD_POINTS)
                 and "disagrees" in choice["rejected"].get(algo, "")))
 
 
-@pytest.mark.parametrize("algo", ["onednn", "nnpack", "matmul", "winograd"])
+@pytest.mark.parametrize("algo", ["onednn", "nnpack", "matmul", "winograd", "winograd8"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_implementations_match_conv2d(algo, case):
     """Each algorithm of each pass on its own, against F.conv2d and its gradients (float32
@@ -101,7 +102,7 @@ def test_implementations_match_conv2d(algo, case):
     gx, gw = torch.autograd.grad(y_ref, (x, weight), g)
     impl = C.IMPLEMENTATIONS
     why = C._not_applicable(algo, x, weight, pad, y_ref.shape[2:])
-    if algo == "winograd" and (case[5] not in (3, 5) or pad[0] != pad[1]):
+    if algo in C.WINOGRAD_POINTS and (case[5] not in (3, 5) or pad[0] != pad[1]):
         assert why and "3x3 and 5x5" in why
         return
     assert why is None
@@ -115,23 +116,26 @@ def test_implementations_match_conv2d(algo, case):
             assert_close(impl["weight"][algo](x, weight.shape, g, pad), gw, RTOL[torch.float32])
 
 
-# (B, Cin, Cout, H, W): widths around the 8-tile vectors of the transforms (tiles per row
-# 1, 2, 5, 9, 19 for F(2x2, 5x5); 1, 2, 4, 10 for F(4x4, 3x3)), heights not a multiple of
-# the tile, one pixel, one channel.
+# (B, Cin, Cout, H, W): widths around the 8- and 4-tile vectors of the transforms (tiles per
+# row at "same" padding 1, 2, 5, 9, 19, 8, 23 for F(2x2, 5x5); 1, 2, 4, 10, 4, 12 for
+# F(4x4, 3x3) and F(4x4, 5x5), the last two on 4-tile vectors; 1, 2, 3, 7, 3, 8 for
+# F(6x6, 3x3)), heights not a multiple of the tile, one pixel, one channel.
 WINOGRAD_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 9), (1, 4, 6, 13, 37), (3, 9, 2, 5, 4),
-                   (2, 16, 3, 17, 23)]
+                   (2, 16, 3, 17, 23), (2, 5, 4, 9, 16), (1, 3, 2, 6, 45)]
 
 
 @requires_cpp
 @pytest.mark.parametrize("chunk", [0, 1, 8], ids=["default_chunk", "chunk1", "chunk8"])
 @pytest.mark.parametrize("pad", ["zero", "same", "full"])
 @pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("points", [6, 8])
 @pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_winograd_kernels_tile_edges(shape, k, pad, chunk):
-    """The C++ Winograd kernels on their own: forward (with bias), data gradient and weight
-    gradient against oneDNN, at widths and heights that leave partial tiles and partial
-    8-tile vectors, processed in one chunk or one tile row (or a few tiles) at a time.
-    Outputs start NaN-poisoned (conftest), so an unwritten element fails."""
+def test_winograd_kernels_tile_edges(shape, points, k, pad, chunk):
+    """The C++ Winograd kernels on their own, on both point sets: forward (with bias), data
+    gradient and weight gradient against oneDNN, at widths and heights that leave partial
+    tiles and partial 8- or 4-tile vectors, processed in one chunk or one tile row (or a few
+    tiles) at a time. Outputs start NaN-poisoned (conftest), so an unwritten element
+    fails."""
     b, cin, cout, h, w = shape
     p = {"zero": 0, "same": k // 2, "full": k - 1}[pad]
     ext = _ext.cpp_extension()
@@ -140,18 +144,18 @@ def test_winograd_kernels_tile_edges(shape, k, pad, chunk):
     bias = torch.randn(cout)
     if h + 2 * p < k or w + 2 * p < k:
         with pytest.raises(RuntimeError, match="leaves no output"):
-            ext.conv2d_winograd(x, weight, bias, p, chunk)
+            ext.conv2d_winograd(x, weight, bias, p, chunk, points)
         return
     y_ref = F.conv2d(x, weight, bias, padding=p)
-    assert_close(ext.conv2d_winograd(x, weight, bias, p, chunk), y_ref, RTOL[torch.float32],
-                 "forward")
+    assert_close(ext.conv2d_winograd(x, weight, bias, p, chunk, points), y_ref,
+                 RTOL[torch.float32], "forward")
     g = torch.randn_like(y_ref)
     gx = torch.nn.grad.conv2d_input(x.shape, weight, g, padding=p)
     w_t = weight.flip(2, 3).transpose(0, 1).contiguous()
-    assert_close(ext.conv2d_winograd(g, w_t, None, k - 1 - p, chunk), gx, RTOL[torch.float32],
-                 "data gradient")
+    assert_close(ext.conv2d_winograd(g, w_t, None, k - 1 - p, chunk, points), gx,
+                 RTOL[torch.float32], "data gradient")
     gw = torch.nn.grad.conv2d_weight(x, weight.shape, g, padding=p)
-    assert_close(ext.conv_weight_grad_winograd(x, g, k, p, chunk * 4096), gw,
+    assert_close(ext.conv_weight_grad_winograd(x, g, k, p, chunk * 4096, points), gw,
                  RTOL[torch.float32], "weight gradient")
 
 
@@ -160,13 +164,17 @@ def test_winograd_kernels_reject_bad_arguments():
     ext = _ext.cpp_extension()
     x, w = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3)
     with pytest.raises(RuntimeError, match="float32 only"):
-        ext.conv2d_winograd(x.double(), w.double(), None, 1, 0)
+        ext.conv2d_winograd(x.double(), w.double(), None, 1, 0, 6)
     with pytest.raises(RuntimeError, match="square kernel 3 or 5"):
-        ext.conv2d_winograd(x, torch.randn(3, 2, 7, 7), None, 1, 0)
+        ext.conv2d_winograd(x, torch.randn(3, 2, 7, 7), None, 1, 0, 6)
     with pytest.raises(RuntimeError, match="x \\(B, C, H, W\\) and w"):
-        ext.conv2d_winograd(x, torch.randn(3, 4, 3, 3), None, 1, 0)
+        ext.conv2d_winograd(x, torch.randn(3, 4, 3, 3), None, 1, 0, 6)
     with pytest.raises(RuntimeError, match="bias"):
-        ext.conv2d_winograd(x, w, torch.randn(4), 1, 0)
+        ext.conv2d_winograd(x, w, torch.randn(4), 1, 0, 6)
+    with pytest.raises(RuntimeError, match="points 6 or 8, got 7"):
+        ext.conv2d_winograd(x, w, None, 1, 0, 7)
+    with pytest.raises(RuntimeError, match="points 6 or 8, got 4"):
+        ext.conv_weight_grad_winograd(x, torch.randn(1, 3, 8, 8), 3, 1, 0, 4)
 
 
 @pytest.mark.filterwarnings("ignore:fastcells conv2d:RuntimeWarning")  # rejections, see _ran
@@ -435,7 +443,8 @@ def test_nnpack_failing_after_it_was_chosen(monkeypatch):
     assert "out of memory" in choices["forward[nnpack]"]["rejected"]["nnpack"]
 
 
-@pytest.mark.parametrize("setting", ["nnpack", "matmul", "onednn_in_dispatcher", "winograd"])
+@pytest.mark.parametrize("setting", ["nnpack", "matmul", "onednn_in_dispatcher", "winograd",
+                                     "winograd8"])
 def test_deterministic_for_a_fixed_choice(setting, monkeypatch):
     _skip_unavailable(SETTINGS[setting].values())
     monkeypatch.setattr(C, "VERIFY_FACTOR", 1e3)  # the Winograd weight gradient at this size
@@ -465,7 +474,7 @@ def test_compile_traces_plain_conv2d():
 
 
 # ----------------------------------------------------------------------------- the cells
-CELL_SETTINGS = ["nnpack", "matmul", "winograd", "auto"]
+CELL_SETTINGS = ["nnpack", "matmul", "winograd", "winograd8", "auto"]
 
 
 @requires_cpp
@@ -479,7 +488,7 @@ def test_cells_with_each_algorithm(setting, config, monkeypatch):
     where the configurations allow: NNPACK's 3x3 Winograd is rejected at these sizes. The
     Winograd weight gradient is let through its check, which rejects it at these sizes.)"""
     _skip_unavailable(SETTINGS[setting].values())
-    if setting == "winograd":
+    if setting in C.WINOGRAD_POINTS:
         monkeypatch.setattr(C, "VERIFY_FACTOR", 1e3)
     fc.set_conv_algorithm(**SETTINGS[setting])
     b, h, w = 2, 7, 6
