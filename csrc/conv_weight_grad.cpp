@@ -1,18 +1,18 @@
 // Winograd weight gradient of a stride-1 convolution, float32: F(3 x 3, 4 x 4) for K = 3 and
-// F(5 x 5, 2 x 2) for K = 5.
+// F(5 x 5, 2 x 2) for K = 5 on the 6-point set, F(3 x 3, 6 x 6) and F(5 x 5, 4 x 4) on the
+// 8-point set (winograd.h).
 //
 //   dW[o, c, i, j] = sum_{b, y, x} dz[b, o, y, x] * x_pad[b, c, y + i, x + j]
 //
-// is, per S x S tile of dz (S = 4 for K = 3, S = 2 for K = 5), a correlation of a 6 x 6
-// patch of x with the tile: a Winograd F(K, S) in each dimension, on the 6-point set of
-// winograd.h. With V = BT d BT^T (the patch) and U = G g G^T (the tile), the sum over all
-// tiles and the batch is 36 matrix products
+// is, per S x S tile of dz, a correlation of an A x A patch of x (A = K + S - 1) with the
+// tile: a Winograd F(K, S) in each dimension. With V = BT d BT^T (the patch) and
+// U = G g G^T (the tile), the sum over all tiles and the batch is A*A matrix products
 //
 //   M[p] (Cout x Cin) = sum_t U[p, :, t] V[p, :, t]^T,     dW = AT M AT^T (per (o, c)),
 //
-// 36 multiplies per (o, c) and tile instead of K*K*S*S: 36 vs 144 (K = 3), 36 vs 100 (K = 5).
-// The transforms run here on eight tiles at once; the products are at::baddbmm (MKL) per
-// chunk of tile rows.
+// A*A multiplies per (o, c) and tile instead of K*K*S*S: 36 vs 144 (F(3, 4)), 36 vs 100
+// (F(5, 2)), 64 vs 324 (F(3, 6)), 64 vs 400 (F(5, 4)). The transforms run here on eight (or
+// four) tiles at once; the products are at::baddbmm (MKL) per chunk of tile rows.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -55,23 +55,13 @@ struct Taps<5, 2> {
                                      {0, 1, 1, 16, 16, 1}};
 };
 
-// The 8-point set (winograd.h): F(3x3, 6x6) and F(5x5, 4x4), 64 multiplies per (o, c) and
-// tile: 64 vs 324 (K = 3), 64 vs 400 (K = 5).
-template <int K, int S>
-constexpr winograd::Matrix8<8> at8() {  // rows 0..K-1 used: AT (K x 8)
-  winograd::Matrix8<8> a{};
-  for (int i = 0; i < K; ++i)
-    for (int p = 0; p < 8; ++p)
-      a.v[i][p] = p == 7 ? (i == K - 1 ? 1.f : 0.f) : winograd::power(winograd::kPoints8[p], i);
-  return a;
-}
-
+// The 8-point set (winograd.h): F(3x3, 6x6) and F(5x5, 4x4).
 template <>
 struct Taps<3, 6> {
   static constexpr int K = 3, S = 6;
   static constexpr int A = 8;
   static constexpr winograd::Matrix8<6> G = winograd::g8<6>();
-  static constexpr winograd::Matrix8<8> AT = at8<3, 6>();
+  static constexpr winograd::Matrix8<8> AT = winograd::at8_table<3>();
 };
 
 template <>
@@ -79,7 +69,7 @@ struct Taps<5, 4> {
   static constexpr int K = 5, S = 4;
   static constexpr int A = 8;
   static constexpr winograd::Matrix8<4> G = winograd::g8<4>();
-  static constexpr winograd::Matrix8<8> AT = at8<5, 4>();
+  static constexpr winograd::Matrix8<8> AT = winograd::at8_table<5>();
 };
 
 // U[p, o, n] for the tile rows r in [r0, r1), n = (r - r0) * TWp + tx: the S x S tiles of

@@ -3,19 +3,24 @@
 //
 //   y[b, o, Y, X] = bias[o] + sum_{c, i, j} w[o, c, i, j] * x_pad[b, c, Y + i, X + j]
 //
-// Both use the 6-point Toom-Cook set 0, 1, -1, 2, -2, infinity (the set of the weight
-// gradient in conv_weight_grad.cpp, whose error measured 1-2x oneDNN's), so per output tile
-// of M x M values a 6 x 6 input patch d and the kernel g are transformed, multiplied
+// F(4, 3) and F(2, 5) use the 6-point Toom-Cook set 0, 1, -1, 2, -2, infinity (the set of
+// the weight gradient in conv_weight_grad.cpp, whose error measured 1-2x oneDNN's); F(6, 3)
+// and F(4, 5) the 8-point set that adds 1/2 and -1/2. Per output tile of M x M values an
+// A x A input patch d (A = M + K - 1: 6 or 8) and the kernel g are transformed, multiplied
 // point-wise and summed over input channels, and transformed back:
 //
 //   Y = AT [ sum_c (G g G^T) (.) (BT d BT^T) ] AT^T,
 //
-// 36 multiplies per tile and channel pair instead of 144 (F(4, 3)) or 100 (F(2, 5)). The sum
-// over channels at each of the 36 points is a matrix product (Cout x Cin) @ (Cin x tiles):
-// one at::bmm (MKL) per chunk of tile rows. The chunk is kept small (a few hundred tiles) so
-// the transformed input and products stay in cache between the transforms and the product:
-// the whole transformed output of a 64 x 64 layer would be 2-9x the layer and writing it out
-// cost as much as the products (benchmarks/NOTES.md).
+// A*A multiplies per tile and channel pair instead of M*M*K*K: 36 vs 144 (F(4, 3)), 36 vs 100
+// (F(2, 5)), 64 vs 324 (F(6, 3)), 64 vs 400 (F(4, 5)). The larger tiles cost rounding: the
+// 8-point set's error is about 1.6x the 6-point set's (3-4.5e-6 against 2-2.7e-6 at 64-128
+// input channels), and F(6, 3) measured slower than F(4, 3) on this CPU (its transforms grow
+// faster than its products shrink); F(4, 5) is 1.5-2.3x oneDNN where F(2, 5) is 1.0-1.45x
+// (benchmarks/NOTES.md). The sum over channels at each of the A*A points is a matrix product
+// (Cout x Cin) @ (Cin x tiles): one at::bmm (MKL) per chunk of tile rows. The chunk is kept
+// small (a few hundred tiles) so the transformed input and products stay in cache between the
+// transforms and the product: the whole transformed output of a 64 x 64 layer would be 2-9x
+// the layer and writing it out cost as much as the products (benchmarks/NOTES.md).
 //
 // The data gradient of a stride-1 convolution is this same forward of the output gradient
 // with the flipped, transposed kernel and padding K - 1 - pad (fastcells/ops/conv.py).

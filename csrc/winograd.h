@@ -75,9 +75,10 @@ static inline void bt8(const V* d, V* r) {
   r[6] = a - b;
 }
 
-// The 8-point set's kernel transform G (8 x r, row p at point p: scale_p * point_p^k; the
-// last row the infinity point) and output transform AT (m x 8, row i: point_p^i), from the
-// Toom-Cook construction; G's first row is scaled by -1 against it, as bt8's first row.
+// The 8-point set's kernel transform G (8 x r; row p, at point p: scale_p * point_p^k; the
+// last row the infinity point) and output transform AT (m x 8; row i: point_p^i, and 1 at
+// infinity in the last row), from the Toom-Cook construction; G's first row is scaled by -1
+// against it, as bt8's first row. (The forward's AT is written out in conv_winograd.cpp.)
 constexpr float kPoints8[7] = {0.f, 1.f, -1.f, 2.f, -2.f, 0.5f, -0.5f};
 constexpr float kScales8[7] = {1.f, -2.f / 9, -2.f / 9, 1.f / 90, 1.f / 90, 32.f / 45, 32.f / 45};
 
@@ -96,6 +97,15 @@ constexpr Matrix8<R> g8() {
     for (int k = 0; k < R; ++k)
       g.v[p][k] = p == 7 ? (k == R - 1 ? 1.f : 0.f) : kScales8[p] * power(kPoints8[p], k);
   return g;
+}
+
+template <int M>
+constexpr Matrix8<8> at8_table() {  // rows 0..M-1 used
+  Matrix8<8> a{};
+  for (int i = 0; i < M; ++i)
+    for (int p = 0; p < 8; ++p)
+      a.v[i][p] = p == 7 ? (i == M - 1 ? 1.f : 0.f) : power(kPoints8[p], i);
+  return a;
 }
 
 template <int N, typename V>

@@ -20,7 +20,13 @@ Algorithms, per pass (:data:`ALGORITHMS`):
   tile and channel pair instead of 144 and 100; the data gradient is the same forward of
   the output gradient with the flipped, transposed weight (padding k - 1 - p). Weight
   gradient F(3x3, 4x4) and F(5x5, 2x2) (csrc/conv_weight_grad.cpp): 36 instead of 144 and
-  100. The transforms run eight tiles at a time; the products are batched matmuls (MKL).
+  100. The transforms run eight (or four) tiles at a time; the products are batched
+  matmuls (MKL). Points 0, +-1, +-2, infinity; error 1-3e-6 (5-10x oneDNN's).
+- ``winograd8``: the same on 8 points (also +-1/2): forward and data gradient F(6x6, 3x3)
+  and F(4x4, 5x5), weight gradient F(3x3, 6x6) and F(5x5, 4x4): 64 multiplies instead of
+  324 and 400. For kernel 5 it measured 1.5-2.3x oneDNN per pass (``winograd``: 1.0-1.45x);
+  for kernel 3 it loses to ``winograd``. Error 3-4.5e-6 at 64-128 channels, about 1.6x
+  ``winograd``'s, so wider convolutions fail its accuracy check (below) and do not use it.
 - ``matmul``: unfold + one matmul (im2col). Its weight gradient is ``sum_b dy[b] @
   unfold(x[b])^T``, which beats oneDNN's for inputs with few channels (benchmarks/NOTES.md);
   the forward and data gradient exist so that every pass can be forced to it.
@@ -312,10 +318,11 @@ def set_conv_algorithm(algorithm: str | None = None, *, forward: str | None = No
     """Sets how the fused CPU backend's convolutions choose their algorithm.
 
     ``algorithm`` applies to all three passes: ``"auto"`` (time once per shape, cache),
-    ``"onednn"`` (plain ``F.conv2d``: the dispatcher off), ``"matmul"`` or ``"winograd"``.
-    The keywords set one pass each, overriding ``algorithm``: ``forward`` and ``input`` (the
-    data gradient) take ``"auto"``, ``"onednn"``, ``"nnpack"``, ``"matmul"``,
-    ``"winograd"``; ``weight`` takes ``"auto"``, ``"onednn"``, ``"matmul"``, ``"winograd"``.
+    ``"onednn"`` (plain ``F.conv2d``: the dispatcher off), ``"matmul"``, ``"winograd"`` or
+    ``"winograd8"``. The keywords set one pass each, overriding ``algorithm``: ``forward``
+    and ``input`` (the data gradient) take ``"auto"``, ``"onednn"``, ``"nnpack"``,
+    ``"matmul"``, ``"winograd"``, ``"winograd8"``; ``weight`` takes ``"auto"``,
+    ``"onednn"``, ``"matmul"``, ``"winograd"``, ``"winograd8"``.
     Unnamed passes keep their setting. The
     environment variable ``FASTCELLS_CONV_ALGO`` gives the initial setting in the same words
     (``"auto"``, ``"onednn"``, or ``"forward=nnpack,input=nnpack,weight=matmul"``, where
