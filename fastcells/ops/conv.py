@@ -41,12 +41,11 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
   another algorithm is at least 10% faster (:data:`AUTO_MARGIN`). A call whose needed
   passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it was built on
   (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution algorithms"), with
-  our Winograd among the candidates: 1.11x oneDNN per cell step and 1.08x per no-grad
-  rollout in the geometric mean (0.90-1.35x, 1.00-1.28x), 0.97-1.20x per training
-  iteration at the mmnist preset (two runs, three models). (Before the Winograd forward
-  existed, ``auto`` chose NNPACK and lost, 0.97x: it was not the default then.) Its costs:
-  the first step of each shape runs every candidate, and the choice depends on machine
-  load at that moment, so two processes may pick differently and differ in the last bits.
+  both Winograd sets among the candidates, against the reference backend: 1.05-1.23x per
+  cell step at 32 channels and kernel 3, 1.52-2.50x at 64 channels and kernel 5, 1.37-1.58x
+  at OpenSTL's 128 channels on 16x16 (oneDNN alone: 0.97-1.11x). Its costs: the first step
+  of each shape runs every candidate, and the choice depends on machine load at that
+  moment, so two processes may pick differently and differ in the last bits.
 - ``"onednn"`` for all passes switches the dispatcher off: ``conv2d`` is then exactly
   ``F.conv2d`` (no autograd.Function, no cache), what eager PyTorch runs, bit for bit.
 - an algorithm name, for every pass or per pass (``forward=``, ``input=``, ``weight=``):
@@ -57,7 +56,8 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
 Safety: before a key uses a non-oneDNN algorithm, it runs on random arguments of the key's
 shapes and strides and its error is compared with oneDNN's: in float32 both against a
 float64 oneDNN result, and the candidate may be at most :data:`VERIFY_FACTOR` times as far
-off as oneDNN (or :data:`VERIFY_FLOOR`); in float64 it must equal oneDNN's to 1e-12. A
+off as oneDNN (or :data:`VERIFY_FLOOR`; for the Winograd algorithms a fixed 5e-6,
+:data:`VERIFY_FLOORS`); in float64 it must equal oneDNN's to 1e-12. A
 larger error or an exception rejects it for that key, with the reason recorded. An algorithm
 that fails on a later call is replaced by oneDNN for that key, again recorded. For a fixed
 choice results are deterministic (no atomics).
