@@ -283,6 +283,9 @@ def test_pick_prefers_onednn_in_a_near_tie():
     assert C.pick({"onednn": 10.0, "nnpack": 8.9}) == "nnpack"
     assert C.pick({"onednn": 10.0, "nnpack": 12.0, "matmul": 11.0}) == "onednn"
     assert C.pick({"nnpack": 3.0, "matmul": 2.0}) == "matmul"  # no oneDNN timed: fastest
+    # oneDNN under AUTO_MIN_MS keeps the key, however much faster another candidate is
+    assert C.pick({"onednn": 0.9 * C.AUTO_MIN_MS, "winograd": 0.1}) == "onednn"
+    assert C.pick({"onednn": C.AUTO_MIN_MS, "winograd": 0.1}) == "winograd"
 
 
 def _slowed(monkeypatch, seconds=0.02):

@@ -38,8 +38,9 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
 - ``"auto"`` (the default): on the first call for a (pass, shapes, padding, dtype, layout,
   threads) key every applicable algorithm runs, interleaved, a few times; the fastest
   median is cached for the process and used from then on, but oneDNN keeps a key unless
-  another algorithm is at least 10% faster (:data:`AUTO_MARGIN`). A call whose needed
-  passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it was built on
+  another algorithm is at least 10% faster (:data:`AUTO_MARGIN`) and oneDNN takes at
+  least 3 ms on the probe (:data:`AUTO_MIN_MS`; smaller calls lost in real steps). A call
+  whose needed passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it was built on
   (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution algorithms"), with
   both Winograd sets among the candidates, against the reference backend: 1.05-1.23x per
   cell step at 32 channels and kernel 3, 1.52-2.50x at 64 channels and kernel 5, 1.37-1.58x
@@ -113,6 +114,15 @@ VERIFY_FACTOR = 4.0
 # non-oneDNN choice can cost 2x (NNPACK's 3x3 at 64x64, benchmarks/results/cpu_conv.md),
 # and oneDNN is what eager PyTorch runs: a near tie goes to it.
 AUTO_MARGIN = 0.9
+# ... and only where oneDNN takes at least AUTO_MIN_MS on the probe. Small convolutions that
+# the probe times faster elsewhere ran slower inside training steps: MS-LSTM at the mmnist
+# preset with 16 channels (the demo's model), one iteration with the choices of each floor,
+# side by side (2-core EPYC): no floor 1.76 s, 1 ms 1.57 s, 3 ms 1.37 s, oneDNN alone
+# 1.40 s; with 32 channels 4.67 / 4.48 / 4.19 / 4.70 s (benchmarks/NOTES.md). The probe
+# runs each candidate back to back on warm caches; in a step each small call also pays
+# what the probe does not see (the autograd.Function's separate backward calls, switching
+# thread pools, cold workspaces), which a sub-millisecond saving does not cover.
+AUTO_MIN_MS = 3.0
 VERIFY_FLOOR = 1e-7
 # Our Winograd convolutions (6 points: 0, +-1, +-2, infinity) are at 1-3e-6 per forward and
 # data gradient, 5-10x oneDNN, at every size measured; whole cell steps with every pass on
@@ -534,9 +544,11 @@ def _choose(pass_: str, setting: str, args, x: Tensor, weight: Tensor, pad,
 
 def pick(ms: dict) -> str:
     """The algorithm ``"auto"`` takes given median milliseconds per candidate: the fastest,
-    unless it is not oneDNN and not at least 1 / AUTO_MARGIN times as fast as oneDNN."""
+    unless it is not oneDNN and not at least 1 / AUTO_MARGIN times as fast as oneDNN, or
+    oneDNN takes under AUTO_MIN_MS."""
     best = min(ms, key=ms.get)
-    if "onednn" in ms and best != "onednn" and ms[best] > AUTO_MARGIN * ms["onednn"]:
+    if "onednn" in ms and best != "onednn" and (ms[best] > AUTO_MARGIN * ms["onednn"]
+                                                or ms["onednn"] < AUTO_MIN_MS):
         return "onednn"
     return best
 
@@ -671,6 +683,6 @@ def _runs_onednn(pass_: str, key: ConvKey) -> bool:
     return choice is not None and choice.algorithm == "onednn"
 
 
-__all__ = ["ALGORITHMS", "AUTO_MARGIN", "VERIFY_FACTOR", "ENV_VAR", "ConvKey",
+__all__ = ["ALGORITHMS", "AUTO_MARGIN", "AUTO_MIN_MS", "VERIFY_FACTOR", "ENV_VAR", "ConvKey",
            "clear_conv_algorithm_cache", "conv2d", "conv2d_ref", "conv_algorithm",
            "conv_algorithm_cache", "get_conv_algorithm", "pick", "set_conv_algorithm"]
