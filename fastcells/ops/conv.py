@@ -40,9 +40,10 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
   median is cached for the process and used from then on, but oneDNN keeps a key unless
   another algorithm is at least 10% faster (:data:`AUTO_MARGIN`) and oneDNN takes at
   least 3 ms on the probe (:data:`AUTO_MIN_MS`; smaller calls lost in real steps). A call
-  whose needed passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it was built on
-  (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution algorithms"), with
-  both Winograd sets among the candidates, against the reference backend: 1.05-1.23x per
+  whose needed passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it
+  was built on (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution
+  algorithms"), with both Winograd sets among the candidates, against the reference
+  backend: 1.05-1.23x per
   cell step at 32 channels and kernel 3, 1.52-2.50x at 64 channels and kernel 5, 1.37-1.58x
   at OpenSTL's 128 channels on 16x16 (oneDNN alone: 0.97-1.11x). Its costs: the first step
   of each shape runs every candidate, and the choice depends on machine load at that
