@@ -43,9 +43,9 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
   whose needed passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it
   was built on (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution
   algorithms"), with both Winograd sets among the candidates, against the reference
-  backend: 1.05-1.23x per
-  cell step at 32 channels and kernel 3, 1.52-2.50x at 64 channels and kernel 5, 1.37-1.58x
-  at OpenSTL's 128 channels on 16x16 (oneDNN alone: 0.97-1.11x). Its costs: the first step
+  backend: 1.04-1.33x per
+  cell step at 32 channels and kernel 3, 1.42-2.33x at 64 channels and kernel 5, 1.54-1.97x
+  at OpenSTL's 128 channels on 16x16 (oneDNN alone: 1.00-1.18x). Its costs: the first step
   of each shape runs every candidate, and the choice depends on machine load at that
   moment, so two processes may pick differently and differ in the last bits.
 - ``"onednn"`` for all passes switches the dispatcher off: ``conv2d`` is then exactly
