@@ -25,8 +25,10 @@ namespace fastcells {
 namespace {
 
 
+// Kernel K x K from S x S tiles of dz, on A = K + S - 1 points: the 6-point set here, the
+// primary template (the 8-point set) below.
 template <int K, int S>
-struct Taps;  // kernel K x K from S x S tiles of dz, on A = K + S - 1 points
+struct Taps;
 
 template <>
 struct Taps<3, 4> {
@@ -56,20 +58,12 @@ struct Taps<5, 2> {
 };
 
 // The 8-point set (winograd.h): F(3x3, 6x6) and F(5x5, 4x4).
-template <>
-struct Taps<3, 6> {
-  static constexpr int K = 3, S = 6;
+template <int K, int S>
+struct Taps {
+  static_assert(K + S - 1 == 8, "F(K, S) on 8 points: K + S - 1 = 8");
   static constexpr int A = 8;
-  static constexpr winograd::Matrix8<6> G = winograd::g8<6>();
-  static constexpr winograd::Matrix8<8> AT = winograd::at8_table<3>();
-};
-
-template <>
-struct Taps<5, 4> {
-  static constexpr int K = 5, S = 4;
-  static constexpr int A = 8;
-  static constexpr winograd::Matrix8<4> G = winograd::g8<4>();
-  static constexpr winograd::Matrix8<8> AT = winograd::at8_table<5>();
+  static constexpr winograd::Matrix8<S> G = winograd::g8<S>();
+  static constexpr winograd::Matrix8<8> AT = winograd::at8_table<K>();
 };
 
 // U[p, o, n] for the tile rows r in [r0, r1), n = (r - r0) * TWp + tx: the S x S tiles of

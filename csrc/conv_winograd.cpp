@@ -40,7 +40,7 @@ namespace {
 
 // F(M x M, K x K): output tile M x M, kernel K x K, transformed tile A x A, A = M + K - 1
 // (6: the points 0, +-1, +-2, infinity; 8: also +-1/2). G (A x K) transforms the kernel, at()
-// is AT (M x A) on one column.
+// is AT (M x A) on one column. The primary template is the 8-point set, after at8 below.
 template <int M, int K>
 struct Tiles;
 
@@ -99,25 +99,15 @@ static inline void at8(const V* m, V* o) {
   o[M - 1] += m[7];
 }
 
-template <>
-struct Tiles<6, 3> {
-  static constexpr int K = 3;
+// The 8-point set: F(6x6, 3x3) and F(4x4, 5x5).
+template <int M, int K>
+struct Tiles {
+  static_assert(M + K - 1 == 8, "F(M, K) on 8 points: M + K - 1 = 8");
   static constexpr int A = 8;
   static constexpr winograd::Matrix8<K> G = winograd::g8<K>();
   template <typename V>
   static inline void at(const V* m, V* o) {
-    at8<6>(m, o);
-  }
-};
-
-template <>
-struct Tiles<4, 5> {
-  static constexpr int K = 5;
-  static constexpr int A = 8;
-  static constexpr winograd::Matrix8<K> G = winograd::g8<K>();
-  template <typename V>
-  static inline void at(const V* m, V* o) {
-    at8<4>(m, o);
+    at8<M>(m, o);
   }
 };
 

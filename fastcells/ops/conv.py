@@ -74,6 +74,7 @@ import statistics
 import threading
 import time
 import warnings
+from functools import partial
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -88,6 +89,8 @@ ALGORITHMS = {
     "input": ("onednn", "nnpack", "matmul", "winograd", "winograd8"),
     "weight": ("onednn", "matmul", "winograd", "winograd8"),
 }
+# Winograd algorithm -> its Toom-Cook point count (csrc/conv_winograd.cpp).
+WINOGRAD_POINTS = {"winograd": 6, "winograd8": 8}
 ENV_VAR = "FASTCELLS_CONV_ALGO"
 # "auto": measured faster than oneDNN alone per step and rollout (module docstring)
 DEFAULT = {p: "auto" for p in PASSES}
@@ -215,10 +218,6 @@ def _forward_matmul(x, weight, bias, pad):
     return y
 
 
-# Winograd algorithm -> its Toom-Cook point count (csrc/conv_winograd.cpp).
-WINOGRAD_POINTS = {"winograd": 6, "winograd8": 8}
-
-
 def _forward_winograd(x, weight, bias, pad, points=6):
     return _ext.cpp_extension().conv2d_winograd(x, weight, bias, pad[0], 0, points)
 
@@ -260,18 +259,14 @@ def _weight_winograd(x, weight_shape, grad, pad, points=6):
                                                           points)
 
 
-def _points8(impl: Callable) -> Callable:
-    return lambda *args: impl(*args, points=8)
-
-
 IMPLEMENTATIONS: dict[str, dict[str, Callable]] = {
     "forward": {"onednn": _forward_onednn, "nnpack": _forward_nnpack,
                 "matmul": _forward_matmul, "winograd": _forward_winograd,
-                "winograd8": _points8(_forward_winograd)},
+                "winograd8": partial(_forward_winograd, points=8)},
     "input": {"onednn": _input_onednn, "nnpack": _input_nnpack, "matmul": _input_matmul,
-              "winograd": _input_winograd, "winograd8": _points8(_input_winograd)},
+              "winograd": _input_winograd, "winograd8": partial(_input_winograd, points=8)},
     "weight": {"onednn": _weight_onednn, "matmul": _weight_matmul,
-               "winograd": _weight_winograd, "winograd8": _points8(_weight_winograd)},
+               "winograd": _weight_winograd, "winograd8": partial(_weight_winograd, points=8)},
 }
 
 
