@@ -12,7 +12,10 @@ where it would write ``F.conv2d(x, w, b, padding=pad)``.
 Measured on oneDNN (2-core Zen3, B=4, C=32, 64x64, benchmarks/NOTES.md): when x needs a
 gradient, one convolution over the concatenation runs faster than two over x and h; when
 it does not (a first layer's frames), two convolutions are faster because x's input
-gradient is never computed, and neither keeps a concatenated copy for backward.
+gradient is never computed, and neither keeps a concatenated copy for backward. Where the
+autotuned convolution takes another algorithm (Winograd), :func:`conv_sum` is one
+convolution of the concatenation in either case, without keeping it for backward
+(:mod:`fastcells.ops.conv_sum` says why and how much).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.conv import conv2d
+from ..ops.conv_sum import conv2d_sum, select_rows, stacks
 
 
 def conv(backend: str, x: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -30,6 +34,21 @@ def conv(backend: str, x: Tensor, weight: Tensor, bias: Tensor | None = None,
     if backend == "cpp":
         return conv2d(x, weight, bias, padding)
     return F.conv2d(x, weight, bias, padding=padding)
+
+
+def conv_sum(backend: str, xs: list, weights: list, bias: Tensor | None = None,
+             padding=0, rows=None) -> Tensor:
+    """``conv(xs[0], weights[0], bias) + conv(xs[1], weights[1]) + ...`` (each weight's
+    output rows picked by ``rows``, see :func:`fastcells.ops.conv_sum.conv2d_sum`) as
+    ``backend`` runs it: on ``cpp`` one convolution of the inputs' channel concatenation,
+    elsewhere ``F.conv2d`` per input, added."""
+    if backend == "cpp":
+        return conv2d_sum(xs, weights, bias, padding, rows)
+    rows = rows or [None] * len(xs)
+    y = F.conv2d(xs[0], select_rows(weights[0], rows[0]), bias, padding=padding)
+    for x, w, r in zip(xs[1:], weights[1:], rows[1:]):
+        y = y.add_(F.conv2d(x, select_rows(w, r), padding=padding))
+    return y
 
 
 def input_hidden_conv(backend: str, x: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None,
@@ -42,6 +61,10 @@ def input_hidden_conv(backend: str, x: Tensor, h: Tensor, weight: Tensor, bias: 
     cin = weight.shape[1] - h.shape[1]
     if zx is not None:
         return conv(backend, h, weight[:, cin:], None, padding).add_(zx)
+    halves = [weight[:, :cin], weight[:, cin:]]
+    if backend == "cpp" and stacks([x, h], halves, padding):
+        # an algorithm other than oneDNN runs it: one convolution, nothing concatenated kept
+        return conv2d_sum([x, h], halves, bias, padding)
     if x.requires_grad:
         return conv(backend, torch.cat([x, h], dim=1), weight, bias, padding)
     zx = conv(backend, x, weight[:, :cin], bias, padding)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._conv import conv
+from ._conv import conv, conv_sum
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -75,13 +75,15 @@ class MKLSTMCell(CellBase):
         if backend == "reference":
             z1, z2 = (self._conv(backend, p, "conv_x2h", k, x)
                       + self._conv(backend, p, "conv_h2h", k, h) for k in (0, 1))
+        elif zx is None:
+            # One convolution per branch over [x; h] where the fused CPU backend's Winograd
+            # runs it, without keeping the concatenation (conv_sum); the input convolutions
+            # carry both biases (CELLS.md allows summing them).
+            z1, z2 = (conv_sum(backend, [x, h],
+                               [p[f"conv_x2h.{k}.weight"], p[f"conv_h2h.{k}.weight"]],
+                               p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
+                               self.kernel_sizes[k] // 2) for k in (0, 1))
         else:
-            # Split, never [x; h]: a concatenated copy kept for backward would cost 2C per
-            # step. The input convolutions carry both biases (CELLS.md allows summing them).
-            if zx is None:
-                zx = [conv(backend, x, p[f"conv_x2h.{k}.weight"],
-                           p[f"conv_x2h.{k}.bias"] + p[f"conv_h2h.{k}.bias"],
-                           self.kernel_sizes[k] // 2) for k in (0, 1)]
             z1, z2 = (conv(backend, h, p[f"conv_h2h.{k}.weight"], None,
                            self.kernel_sizes[k] // 2).add_(zx[k]) for k in (0, 1))
         c1, c2, cc, o_partial = gates.mklstm(z1, z2, c1, c2)

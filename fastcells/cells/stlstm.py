@@ -1,10 +1,12 @@
 """Spatiotemporal LSTM cell of PredRNN (Wang et al. 2017), CELLS.md section 2."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._conv import conv
+from ..ops.conv_sum import stacks
+from ._conv import conv, conv_sum
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -90,8 +92,42 @@ class SpatioTemporalLSTMCell(CellBase):
         out = self._run(x, self._resolve_state(x, state), return_deltas=return_deltas)
         return ((out[:3], out[3:]) if return_deltas else out)
 
+    def _summed_rows(self) -> tuple:
+        """Rows of conv_x, conv_h / conv_m that make the gates' two sums MK-LSTM's layout:
+        ``z1 = [Wx_ifgo, Wh] * [x; h]`` (i, f, g, o) and ``z2 = [Wx_i'f'g', Wm] * [x; m]``
+        with a zero o block (-1 rows), so that the MK-LSTM gate kernel runs them."""
+        C = self.hidden_size
+        ifgo, ifg_p, zero = list(range(3 * C)) + list(range(6 * C, 7 * C)), \
+            list(range(3 * C, 6 * C)), [-1] * C
+        return (ifgo, None), (ifg_p + zero, list(range(3 * C)) + zero)
+
+    def _summed_biases(self, p: dict, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The biases of the two sums, the forget bias folded into their f rows."""
+        C = self.hidden_size
+        fb = like.new_zeros(4 * C)
+        fb[C:2 * C] = self.forget_bias
+        bx, bh, bm = (p.get(f"conv_{n}.0.bias") for n in "xhm")
+        if bx is None:
+            return fb, fb
+        return (fb + torch.cat([bx[:3 * C], bx[6 * C:]]) + bh,
+                fb + torch.cat([bx[3 * C:6 * C] + bm, bm.new_zeros(C)]))
+
     def _step(self, backend, p, x, zx, h, c, m, return_deltas=False):
         gates = self._gates(backend)
+        if backend == "cpp" and zx is None and not return_deltas and not self.layer_norm:
+            rows1, rows2 = self._summed_rows()
+            w1 = [p["conv_x.0.weight"], p["conv_h.0.weight"]]
+            if stacks([x, h], w1, self.padding, rows1):
+                # Where the autotuned convolution runs [x; h] off oneDNN (Winograd): two
+                # convolutions of concatenations instead of three, whose output transforms
+                # cover 8C channels instead of 14C (fastcells/ops/conv_sum.py).
+                b1, b2 = self._summed_biases(p, x)
+                z1 = conv_sum(backend, [x, h], w1, b1, self.padding, rows1)
+                z2 = conv_sum(backend, [x, m], [p["conv_x.0.weight"], p["conv_m.0.weight"]],
+                              b2, self.padding, rows2)
+                c, m, cm, o_partial = gates.mklstm(z1, z2, c, m)
+                zl = conv(backend, cm, p["conv_last.weight"], p.get("conv_last.bias"))
+                return gates.output(o_partial, self._conv(backend, p, "conv_o", cm), zl), c, m
         if zx is None:
             zx = self._conv(backend, p, "conv_x", x)
         c, m, cm, o_partial, deltas = gates.stlstm(zx, self._conv(backend, p, "conv_h", h),
