@@ -184,14 +184,14 @@ def _ratio_row(what: str, size: str, cell: str, times: dict) -> dict:
 
 
 def choices_table() -> str:
-    lines = ["| input | layout | weight | pass | chosen | ms per candidate | rejected |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| input | layout | weight | pass | chosen | ms per candidate | rejected | "
+             "oneDNN kept because |", "|---|---|---|---|---|---|---|---|"]
     for key, passes in fc.conv_algorithm_cache().items():
         for pass_, c in passes.items():
             ms = ", ".join(f"{a} {v:.1f}" for a, v in sorted(c["ms"].items(), key=lambda i: i[1]))
             rej = "; ".join(f"{a}: {r}" for a, r in c["rejected"].items())
             lines.append(f"| {key.input} | {key.layout} | {key.weight} | {pass_} | "
-                         f"{c['algorithm']} | {ms} | {rej} |")
+                         f"{c['algorithm']} | {ms} | {rej} | {c['kept']} |")
     return "\n".join(lines)
 
 

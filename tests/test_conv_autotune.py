@@ -288,6 +288,29 @@ def test_pick_prefers_onednn_in_a_near_tie():
     assert C.pick({"onednn": C.AUTO_MIN_MS, "winograd": 0.1}) == "winograd"
 
 
+def test_cache_says_why_auto_kept_onednn(monkeypatch):
+    """A faster candidate that auto did not take is explained, by margin or by floor."""
+    assert "AUTO_MARGIN" in C.kept_onednn({"onednn": 10.0, "nnpack": 9.5})
+    assert "AUTO_MIN_MS" in C.kept_onednn({"onednn": 0.5 * C.AUTO_MIN_MS, "winograd": 0.1})
+    assert C.kept_onednn({"onednn": 10.0, "nnpack": 8.0}) == ""  # nnpack taken
+    assert C.kept_onednn({"onednn": 1.0, "nnpack": 8.0}) == ""  # oneDNN the fastest
+    # through the dispatcher: oneDNN made the slowest, the floor raised past it
+    onednn = C.IMPLEMENTATIONS["forward"]["onednn"]
+
+    def slow_onednn(*args):
+        time.sleep(0.02)
+        return onednn(*args)
+
+    monkeypatch.setitem(C.IMPLEMENTATIONS["forward"], "onednn", slow_onednn)
+    monkeypatch.setattr(C, "AUTO_MIN_MS", 1e9)
+    x, w = torch.randn(2, 8, 12, 12), torch.randn(16, 8, 3, 3)
+    C.conv2d(x, w, None, 1)
+    (choices,) = fc.conv_algorithm_cache().values()
+    c = choices["forward"]
+    assert c["algorithm"] == "onednn" and min(c["ms"], key=c["ms"].get) != "onednn", c
+    assert "AUTO_MIN_MS" in c["kept"], c
+
+
 def _slowed(monkeypatch, seconds=0.02):
     """Every non-oneDNN implementation made slower than oneDNN (it sleeps first)."""
     others = {a for algos in C.ALGORITHMS.values() for a in algos} - {"onednn"}

@@ -376,6 +376,7 @@ class Choice(NamedTuple):
     setting: str             # what was asked: "auto" or a forced algorithm
     ms: dict                 # algorithm -> median milliseconds (timed candidates only)
     rejected: dict           # algorithm -> why it is not used for this key
+    kept: str = ""           # why "auto" kept oneDNN although another timed faster
 
 
 _cache: dict[tuple, Choice] = {}
@@ -395,16 +396,18 @@ def _layout(x: Tensor) -> str:
 
 def conv_algorithm_cache() -> dict:
     """Every choice made so far: ``{ConvKey: {pass: {"algorithm", "setting", "ms",
-    "rejected"}}}``. ``ms`` holds the median time of each candidate that was timed (empty
-    for a forced choice); ``rejected`` why an algorithm was not used (not applicable,
-    unavailable, failed, or disagreed with oneDNN)."""
+    "rejected", "kept"}}}``. ``ms`` holds the median time of each candidate that was timed
+    (empty for a forced choice); ``rejected`` why an algorithm was not used (not applicable,
+    unavailable, failed, or disagreed with oneDNN); ``kept`` why ``auto`` kept oneDNN
+    although another candidate timed faster (:data:`AUTO_MARGIN`, :data:`AUTO_MIN_MS`),
+    else empty."""
     out: dict = {}
     with _lock:
         items = list(_cache.items())
     for (pass_, setting, key), choice in items:
         out.setdefault(key, {})[pass_ if setting == "auto" else f"{pass_}[{setting}]"] = {
             "algorithm": choice.algorithm, "setting": choice.setting,
-            "ms": dict(choice.ms), "rejected": dict(choice.rejected)}
+            "ms": dict(choice.ms), "rejected": dict(choice.rejected), "kept": choice.kept}
     return out
 
 
@@ -535,7 +538,7 @@ def _choose(pass_: str, setting: str, args, x: Tensor, weight: Tensor, pad,
         algorithm = setting if setting in survivors else "onednn"
     if setting not in ("auto", "onednn") and setting in rejected:
         _warn_once(pass_, setting, rejected[setting])
-    return Choice(algorithm, setting, ms, rejected)
+    return Choice(algorithm, setting, ms, rejected, kept_onednn(ms) if ms else "")
 
 
 def pick(ms: dict) -> str:
@@ -547,6 +550,18 @@ def pick(ms: dict) -> str:
                                                 or ms["onednn"] < AUTO_MIN_MS):
         return "onednn"
     return best
+
+
+def kept_onednn(ms: dict) -> str:
+    """Why :func:`pick` keeps oneDNN over a faster candidate, or ``""`` where it does not."""
+    best = min(ms, key=ms.get)
+    if pick(ms) != "onednn" or best == "onednn":
+        return ""
+    if ms["onednn"] < AUTO_MIN_MS:
+        return (f"oneDNN takes {ms['onednn']:.2f} ms, under AUTO_MIN_MS = {AUTO_MIN_MS:g} ms "
+                f"(the fastest, {best}, {ms[best]:.2f} ms)")
+    return (f"the fastest, {best}, {ms[best]:.2f} ms, is not {1 - AUTO_MARGIN:.0%} faster "
+            f"than oneDNN's {ms['onednn']:.2f} ms (AUTO_MARGIN = {AUTO_MARGIN:g})")
 
 
 def _warn_once(pass_: str, algo: str, reason: str) -> None:
@@ -577,7 +592,7 @@ def _dispatch(pass_: str, key: ConvKey, args, x: Tensor, weight: Tensor, pad,
     # It worked for this key before and fails now: oneDNN from here on, reason recorded.
     with _lock:
         _cache[ck] = Choice("onednn", setting, choice.ms,
-                            {**choice.rejected, choice.algorithm: reason})
+                            {**choice.rejected, choice.algorithm: reason}, choice.kept)
     if setting != "auto":
         _warn_once(pass_, setting, reason)
     return IMPLEMENTATIONS[pass_]["onednn"](*args)
