@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_nonempty, check_tensor
-from ._conv import conv
+from ._conv import conv, conv_sum
 from .base import CellBase
 from .convlstm import _check_odd
 
@@ -137,26 +137,36 @@ class MIMCell(CellBase):
         def cv(name, t):
             return self._conv(backend, p, name, t)
 
+        def cv2(name1, t1, name2, t2):
+            """cv(name1, t1) + cv(name2, t2); on the C++ backend as one convolution of
+            [t1; t2] where its algorithm is not oneDNN (fastcells/ops/conv_sum.py)."""
+            w1, w2 = p[f"{name1}.weight"], p[f"{name2}.weight"]
+            if backend != "cpp" or w1.shape[2:] != w2.shape[2:]:
+                return cv(name1, t1) + cv(name2, t2)
+            b1, b2 = p.get(f"{name1}.bias"), p.get(f"{name2}.bias")
+            bias = b1 if b2 is None else (b2 if b1 is None else b1 + b2)
+            return conv_sum(backend, [t1, t2], [w1, w2], bias, w1.shape[-1] // 2)
+
         d = x - x_prev
         # non-stationary module: n' and its output D (output gate peeps at n' by convolution)
-        z_n = cv("conv_x2h_n", d) + cv("conv_n2h_n", n)
+        z_n = cv2("conv_x2h_n", d, "conv_n2h_n", n)
         n = self._memory(gates, z_n, n)
         D = gates.output(cv("conv_diff2o", d), cv("conv_n2o", n), n)
         # stationary module: hidden state c, input D
-        z_s = cv("conv_x2h_s", D) + cv("conv_c2h_s", c)
+        z_s = cv2("conv_x2h_s", D, "conv_c2h_s", c)
         s = self._memory(gates, z_s, s)
         T = gates.output(z_s[:, 3 * C:], cv("conv_s2o", s), s)
-        z = cv("conv_x2h", x) + cv("conv_h2h", h)
+        z = cv2("conv_x2h", x, "conv_h2h", h)
         if first_layer:
             c = self._memory(gates, z, c)
         else:
             # T replaces the forget term: no gate op has this form, so it is eager
             c = T + torch.sigmoid(z[:, :C]) * torch.tanh(z[:, 2 * C:3 * C])
-        z_m = cv("conv_x2h_m", x) + cv("conv_m2h_m", m)
+        z_m = cv2("conv_x2h_m", x, "conv_m2h_m", m)
         m = self._memory(gates, z_m, m)
         zl = conv(backend, torch.cat((c, m), dim=1), p["conv_c_m.weight"],
                   p.get("conv_c_m.bias"))
-        h = gates.output(z[:, 3 * C:], cv("conv_c2o", c) + cv("conv_m2o", m),
+        h = gates.output(z[:, 3 * C:], cv2("conv_c2o", c, "conv_m2o", m),
                          zl)
         return h, c, n, s, m
 
