@@ -4,7 +4,8 @@ Every op has the same signature in each backend; :data:`GATES` maps a backend na
 implementations the cells call. :func:`conv_gates_triton` (convolution and gates in one
 kernel, the ``fused_conv`` option of ConvLSTMCell) has no counterpart on the other backends.
 :func:`conv2d` is the C++ backend's convolution (algorithms autotuned per shape), beside its
-reference ``conv2d_ref`` (``F.conv2d``).
+reference ``conv2d_ref`` (``F.conv2d``); :func:`conv2d_sum` a sum of convolutions of several
+inputs run as one (beside ``conv2d_sum_ref``).
 """
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from .causal_lstm_gates import (causal_c_gates_cpp, causal_c_gates_cuda, causal_
                                 causal_output_gate_cpp, causal_output_gate_cuda,
                                 causal_output_gate_ref, causal_output_gate_triton)
 from .conv import conv2d, conv2d_ref
+from .conv_sum import conv2d_sum, conv2d_sum_ref
 from .conv_gates import conv_gates_ref, conv_gates_triton
 from .convlstm_gates import (convlstm_gates_cpp, convlstm_gates_cuda, convlstm_gates_ref,
                              convlstm_gates_triton)
@@ -63,4 +65,4 @@ __all__ = ["GATES",
            "conv_gates_ref", "conv_gates_triton",
            "mims_gates_ref", "mims_gates_cpp", "mims_gates_triton", "mims_gates_cuda",
            "mim_block_gates_ref", "mim_block_gates_cpp", "mim_block_gates_triton",
-           "mim_block_gates_cuda", "conv2d", "conv2d_ref"]
+           "mim_block_gates_cuda", "conv2d", "conv2d_ref", "conv2d_sum", "conv2d_sum_ref"]

@@ -42,12 +42,12 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
   least 3 ms on the probe (:data:`AUTO_MIN_MS`; smaller calls lost in real steps). A call
   whose needed passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it
   was built on (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution
-  algorithms"), with both Winograd sets among the candidates, against the reference
-  backend: 1.04-1.33x per
-  cell step at 32 channels and kernel 3, 1.42-2.33x at 64 channels and kernel 5, 1.54-1.97x
-  at OpenSTL's 128 channels on 16x16 (oneDNN alone: 1.00-1.18x). Its costs: the first step
-  of each shape runs every candidate, and the choice depends on machine load at that
-  moment, so two processes may pick differently and differ in the last bits.
+  algorithms"), with both Winograd sets among the candidates and the cells' summed
+  convolutions (:mod:`fastcells.ops.conv_sum`), against the reference backend: 1.12-1.42x
+  per cell step at 32 channels and kernel 3, 1.64-2.31x at 64 channels and kernel 5,
+  1.55-1.88x at OpenSTL's 128 channels on 16x16 (oneDNN alone: 0.93-1.19x). Its costs:
+  the first step of each shape runs every candidate, and the choice depends on machine
+  load at that moment, so two processes may pick differently and differ in the last bits.
 - ``"onednn"`` for all passes switches the dispatcher off: ``conv2d`` is then exactly
   ``F.conv2d`` (no autograd.Function, no cache), what eager PyTorch runs, bit for bit.
 - an algorithm name, for every pass or per pass (``forward=``, ``input=``, ``weight=``):
