@@ -36,7 +36,7 @@ inline Gate3<T> gate3(const Planes<T>& p, int64_t b, int64_t first, int64_t C) {
 // Forward of both memories for one plane. With two_sources, each memory's (i, f, g)
 // pre-activations are a + b (ST-LSTM: conv_x + conv_h, conv_x + conv_m); otherwise a alone
 // (MK-LSTM, whose branches were summed by the convolution). `o1 + o2` is the partial
-// output pre-activation.
+// output pre-activation (o1 alone where o2 is null: MK-LSTM's z2 without an o block).
 template <bool two_sources, typename T>
 void dual_forward_plane(Gate3<T> a1, Gate3<T> b1, Gate3<T> a2, Gate3<T> b2, const T* o1,
                         const T* o2, const T* c1_prev, const T* c2_prev, T forget_bias,
@@ -57,7 +57,7 @@ void dual_forward_plane(Gate3<T> a1, Gate3<T> b1, Gate3<T> a2, Gate3<T> b2, cons
                                     pre(lane, a2.g, b2.g, k), load<V>(c2_prev + k));
     store(c1 + k, u.c); store(act1.i + k, u.i); store(act1.f + k, u.f); store(act1.g + k, u.g);
     store(c2 + k, v.c); store(act2.i + k, v.i); store(act2.f + k, v.f); store(act2.g + k, v.g);
-    store(o_partial + k, load<V>(o1 + k) + load<V>(o2 + k));
+    store(o_partial + k, o2 ? load<V>(o1 + k) + load<V>(o2 + k) : load<V>(o1 + k));
   });
 }
 
@@ -205,7 +205,9 @@ std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Ten
   check_planes(c1_prev, "c1_prev", C, c1_prev);
   check_planes(c2_prev, "c2_prev", C, c1_prev);
   check_planes(z1, "z1", 4 * C, c1_prev);
-  check_planes(z2, "z2", 4 * C, c1_prev);
+  // z2 may lack its o block (3C rows): ST-LSTM's summed path, whose o sum is all in z1
+  const bool z2_o = z2.dim() == 4 && z2.size(1) == 4 * C;
+  check_planes(z2, "z2", z2_o ? 4 * C : 3 * C, c1_prev);
   const int64_t B = c1_prev.size(0), H = c1_prev.size(2), W = c1_prev.size(3), HW = H * W;
   auto cc = new_output({B, 2 * C, H, W}, c1_prev.options());
   auto o_partial = new_output({B, C, H, W}, c1_prev.options());
@@ -217,7 +219,8 @@ std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Ten
     for_each_plane(B, C, HW, [&](int64_t b, int64_t ch) {
       // gate order i, f, g, o in each branch; one (already summed) source per memory
       const auto s1 = gate3(Z1, b, ch, C), s2 = gate3(Z2, b, ch, C);
-      dual_forward_plane<false, T>(s1, s1, s2, s2, Z1.at(b, 3 * C + ch), Z2.at(b, 3 * C + ch),
+      dual_forward_plane<false, T>(s1, s1, s2, s2, Z1.at(b, 3 * C + ch),
+                            z2_o ? Z2.at(b, 3 * C + ch) : nullptr,
                             C1.at(b, ch), C2.at(b, ch), T(0), CC.at(b, ch),
                             CC.at(b, C + ch), OP.at(b, ch), gate3(A, b, ch, C),
                             gate3(A, b, 3 * C + ch, C), HW);
@@ -229,8 +232,10 @@ std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Ten
 std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
                                               const at::Tensor& grad_o_partial,
                                               const at::Tensor& acts, const at::Tensor& c1_prev,
-                                              const at::Tensor& c2_prev) {
+                                              const at::Tensor& c2_prev, int64_t z2_rows) {
   const int64_t C = c1_prev.size(1);
+  TORCH_CHECK(z2_rows == 4 * C || z2_rows == 3 * C, "mklstm_gates_backward: z2_rows must be ",
+              "4C or 3C (", 4 * C, " or ", 3 * C, "), got ", z2_rows);
   check_planes(c1_prev, "c1_prev", C, c1_prev);
   check_planes(c2_prev, "c2_prev", C, c1_prev);
   check_planes(acts, "acts", 6 * C, c1_prev);
@@ -238,7 +243,7 @@ std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
   check_planes(grad_o_partial, "grad_o_partial", C, c1_prev);
   const int64_t B = c1_prev.size(0), H = c1_prev.size(2), W = c1_prev.size(3), HW = H * W;
   auto grad_z1 = new_output({B, 4 * C, H, W}, c1_prev.options());
-  auto grad_z2 = new_output({B, 4 * C, H, W}, c1_prev.options());
+  auto grad_z2 = new_output({B, z2_rows, H, W}, c1_prev.options());
   auto grad_c1 = new_output({B, C, H, W}, c1_prev.options());
   auto grad_c2 = new_output({B, C, H, W}, c1_prev.options());
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "mklstm_gates_backward", [&] {
@@ -253,7 +258,7 @@ std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
                              gate3(A, b, 3 * C + ch, C), C1.at(b, ch), C2.at(b, ch), d1, d2,
                              DC1.at(b, ch), DC2.at(b, ch), HW);
       copy_plane<T>(DOP.at(b, ch), DZ1.at(b, 3 * C + ch), HW);
-      copy_plane<T>(DOP.at(b, ch), DZ2.at(b, 3 * C + ch), HW);
+      if (z2_rows == 4 * C) copy_plane<T>(DOP.at(b, ch), DZ2.at(b, 3 * C + ch), HW);
     });
   });
   return {grad_z1, grad_z2, grad_c1, grad_c2};

@@ -30,7 +30,7 @@ std::vector<at::Tensor> mklstm_gates_forward(const at::Tensor& z1, const at::Ten
 std::vector<at::Tensor> mklstm_gates_backward(const at::Tensor& grad_cc,
                                               const at::Tensor& grad_o_partial,
                                               const at::Tensor& acts, const at::Tensor& c1_prev,
-                                              const at::Tensor& c2_prev);
+                                              const at::Tensor& c2_prev, int64_t z2_rows);
 
 std::vector<at::Tensor> output_gate_forward(const at::Tensor& o_partial, const at::Tensor& zo,
                                             const at::Tensor& zl);

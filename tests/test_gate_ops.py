@@ -192,6 +192,8 @@ def _op_samples(suffix=""):
     def f(name):
         return getattr(torch.ops.fastcells, name.replace("@", suffix)).default
 
+    cpp = suffix == ""  # the C++ MK-LSTM backward is told z2's rows (3C: no o block)
+
     return [
         (f("convlstm_gates@"), (z.requires_grad_(), c.clone().requires_grad_(), None, 0.5)),
         (f("convlstm_gates@"), (z, c.clone().requires_grad_(), peep.requires_grad_(), 0.0)),
@@ -200,7 +202,7 @@ def _op_samples(suffix=""):
         (f("stlstm_gates@_backward"), (acts2, g, acts2, acts6, c, c)),
         (f("stlstm_gates@_backward"), (acts2, g, None, acts6, c, c)),
         (f("mklstm_gates@"), (z, z.detach().clone().requires_grad_(), c, c)),
-        (f("mklstm_gates@_backward"), (acts2, g, acts6, c, c)),
+        (f("mklstm_gates@_backward"), (acts2, g, acts6, c, c, *([4 * C] if cpp else []))),
         (f("output_gate@"), (g.clone().requires_grad_(), g, g)),
         (f("output_gate@_backward"), (g, acts2)),
         (f("causal_c_gates@"), (zx.detach().clone().requires_grad_(), zh, zh[:, :3 * C], zm,
@@ -220,3 +222,35 @@ def _op_samples(suffix=""):
 def test_opcheck(i, backend):
     op, args = _op_samples("" if backend == "cpp" else "_triton")[i]
     torch.library.opcheck(op, args)
+
+
+@requires_cpp
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_mklstm_z2_without_o_block(layout):
+    """The C++ MK-LSTM kernel also takes a z2 of 3C rows (i, f, g: ST-LSTM's summed path):
+    then o_partial is o1 alone and z2's gradient has 3C rows."""
+    ref, cpp = _fns("mklstm", "cpp")
+    for dtype in (torch.float32, torch.float64):
+        z1, z2, c1, c2 = (_planes(2, m * C, 7, 9, dtype, layout).requires_grad_()
+                          for m in (4, 3, 1, 1))
+        out_ref, out_cpp = flat_outputs(ref(z1, z2, c1, c2)), flat_outputs(cpp(z1, z2, c1, c2))
+        for i, (a, e) in enumerate(zip(out_cpp, out_ref)):
+            assert_close(a, e, RTOL[dtype], f"output {i}")
+        grads = [torch.randn_like(o) for o in out_ref]
+        g_cpp = torch.autograd.grad(out_cpp, [z1, z2, c1, c2], grads)
+        g_ref = torch.autograd.grad(out_ref, [z1, z2, c1, c2], grads)
+        assert g_cpp[1].shape == z2.shape
+        for i, (a, e) in enumerate(zip(g_cpp, g_ref)):
+            assert_close(a, e, RTOL[dtype], f"grad {i}")
+    z1, z2, c1, c2 = (torch.randn(2, m * C, 3, 4, dtype=torch.float64, requires_grad=True)
+                      for m in (4, 3, 1, 1))
+    assert torch.autograd.gradcheck(lambda *t: tuple(flat_outputs(cpp(*t))), (z1, z2, c1, c2))
+    acts6, acts2 = torch.rand(2, 6 * C, 3, 5), torch.rand(2, 2 * C, 3, 5)
+    c, g = torch.randn(2, C, 3, 5), torch.randn(2, C, 3, 5)
+    torch.library.opcheck(torch.ops.fastcells.mklstm_gates.default,
+                          (torch.randn(2, 4 * C, 3, 5), torch.randn(2, 3 * C, 3, 5,
+                                                                   requires_grad=True), c, c))
+    torch.library.opcheck(torch.ops.fastcells.mklstm_gates_backward.default,
+                          (acts2, g, acts6, c, c, 3 * C))
+    with pytest.raises(RuntimeError, match="z2"):
+        cpp(torch.randn(2, 4 * C, 3, 5), torch.randn(2, 2 * C, 3, 5), c, c)

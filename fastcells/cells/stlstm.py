@@ -95,11 +95,10 @@ class SpatioTemporalLSTMCell(CellBase):
     def _summed_rows(self) -> tuple:
         """Rows of conv_x, conv_h / conv_m that make the gates' two sums MK-LSTM's layout:
         ``z1 = [Wx_ifgo, Wh] * [x; h]`` (i, f, g, o) and ``z2 = [Wx_i'f'g', Wm] * [x; m]``
-        with a zero o block (-1 rows), so that the MK-LSTM gate kernel runs them."""
+        (i', f', g': no o block, which the MK-LSTM gate kernel allows)."""
         C = self.hidden_size
-        ifgo, ifg_p, zero = list(range(3 * C)) + list(range(6 * C, 7 * C)), \
-            list(range(3 * C, 6 * C)), [-1] * C
-        return (ifgo, None), (ifg_p + zero, list(range(3 * C)) + zero)
+        return (list(range(3 * C)) + list(range(6 * C, 7 * C)), None), \
+            (list(range(3 * C, 6 * C)), None)
 
     def _summed_biases(self, p: dict, like: Tensor) -> tuple[Tensor, Tensor]:
         """The biases of the two sums, the forget bias folded into their f rows."""
@@ -108,9 +107,9 @@ class SpatioTemporalLSTMCell(CellBase):
         fb[C:2 * C] = self.forget_bias
         bx, bh, bm = (p.get(f"conv_{n}.0.bias") for n in "xhm")
         if bx is None:
-            return fb, fb
+            return fb, fb[:3 * C]
         return (fb + torch.cat([bx[:3 * C], bx[6 * C:]]) + bh,
-                fb + torch.cat([bx[3 * C:6 * C] + bm, bm.new_zeros(C)]))
+                fb[:3 * C] + bx[3 * C:6 * C] + bm)
 
     def _step(self, backend, p, x, zx, h, c, m, return_deltas=False):
         gates = self._gates(backend)
@@ -120,7 +119,7 @@ class SpatioTemporalLSTMCell(CellBase):
             if stacks([x, h], w1, self.padding, rows1):
                 # Where the autotuned convolution runs [x; h] off oneDNN (Winograd): two
                 # convolutions of concatenations instead of three, whose output transforms
-                # cover 8C channels instead of 14C (fastcells/ops/conv_sum.py).
+                # cover 7C channels instead of 14C (fastcells/ops/conv_sum.py).
                 b1, b2 = self._summed_biases(p, x)
                 z1 = conv_sum(backend, [x, h], w1, b1, self.padding, rows1)
                 z2 = conv_sum(backend, [x, m], [p["conv_x.0.weight"], p["conv_m.0.weight"]],

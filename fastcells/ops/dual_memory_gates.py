@@ -55,12 +55,15 @@ def stlstm_gates_ref(zx: Tensor, zh: Tensor, zm: Tensor, c_prev: Tensor, m_prev:
 
 
 def mklstm_gates_ref(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
-    """Returns ``(c1, c2, cc, o_partial)``."""
-    i1, f1, g1, o1 = torch.chunk(z1, 4, dim=1)
-    i2, f2, g2, o2 = torch.chunk(z2, 4, dim=1)
+    """Returns ``(c1, c2, cc, o_partial)``. z1 is (B, 4C) in gate order i, f, g, o; so is
+    z2, or (B, 3C) without its o block (then ``o_partial = o1``; the C++ kernel takes this
+    too, for ST-LSTM's summed convolutions)."""
+    C = c1_prev.shape[1]
+    i1, f1, g1, o1 = torch.split(z1, C, dim=1)
+    i2, f2, g2, *o2 = torch.split(z2, C, dim=1)
     c1 = torch.sigmoid(f1) * c1_prev + torch.sigmoid(i1) * torch.tanh(g1)
     c2 = torch.sigmoid(f2) * c2_prev + torch.sigmoid(i2) * torch.tanh(g2)
-    return c1, c2, torch.cat((c1, c2), dim=1), o1 + o2
+    return c1, c2, torch.cat((c1, c2), dim=1), (o1 + o2[0] if o2 else o1)
 
 
 # ----------------------------------------------------------------------------- ST-LSTM, C++
@@ -158,10 +161,11 @@ def _(z1, z2, c1_prev, c2_prev):
 
 
 def _mklstm_backward_impl(grad_cc: Tensor, grad_o_partial: Tensor, acts: Tensor,
-                          c1_prev: Tensor, c2_prev: Tensor
+                          c1_prev: Tensor, c2_prev: Tensor, z2_rows: int
                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     out = _ext.cpp_extension().mklstm_gates_backward(
-        planar(grad_cc), planar(grad_o_partial), acts, planar(c1_prev), planar(c2_prev))
+        planar(grad_cc), planar(grad_o_partial), acts, planar(c1_prev), planar(c2_prev),
+        z2_rows)
     return tuple(out)
 
 
@@ -171,29 +175,35 @@ _mklstm_backward_op = torch.library.custom_op("fastcells::mklstm_gates_backward"
 
 
 @_mklstm_backward_op.register_fake
-def _(grad_cc, grad_o_partial, acts, c1_prev, c2_prev):
+def _(grad_cc, grad_o_partial, acts, c1_prev, c2_prev, z2_rows):
     C = c1_prev.shape[1]
-    return (new_planes(c1_prev, 4 * C), new_planes(c1_prev, 4 * C), new_planes(c1_prev, C),
+    return (new_planes(c1_prev, 4 * C), new_planes(c1_prev, z2_rows), new_planes(c1_prev, C),
             new_planes(c1_prev, C))
 
 
 def _mklstm_setup(ctx, inputs, output):
-    _, _, c1_prev, c2_prev = inputs
+    _, z2, c1_prev, c2_prev = inputs
     _, _, acts = output
     ctx.mark_non_differentiable(acts)
     ctx.set_materialize_grads(False)  # no zero-filled grads for unused outputs
     ctx.save_for_backward(acts, c1_prev, c2_prev)
+    ctx.z2_rows = z2.shape[1]
 
 
-def _mklstm_backward(ctx, grad_cc, grad_o_partial, _grad_acts, kernel):
+def _mklstm_backward(ctx, grad_cc, grad_o_partial, _grad_acts, kernel, *rows):
     acts, c1_prev, c2_prev = ctx.saved_tensors
     grad_cc = grad_or_zeros(grad_cc, c1_prev, 2 * c1_prev.shape[1])
     grad_o_partial = grad_or_zeros(grad_o_partial, c1_prev)
-    return tuple(kernel(grad_cc, grad_o_partial, acts, c1_prev, c2_prev))
+    return tuple(kernel(grad_cc, grad_o_partial, acts, c1_prev, c2_prev, *rows))
+
+
+def _mklstm_backward_cpp(ctx, grad_cc, grad_o_partial, grad_acts, kernel):
+    # the C++ kernel also takes a z2 without its o block: it is told z2's rows
+    return _mklstm_backward(ctx, grad_cc, grad_o_partial, grad_acts, kernel, ctx.z2_rows)
 
 
 _mklstm_apply = autograd_pair("MKLSTMGates", _mklstm_impl, _mklstm_op, _mklstm_backward_impl,
-                              _mklstm_backward_op, _mklstm_setup, _mklstm_backward)
+                              _mklstm_backward_op, _mklstm_setup, _mklstm_backward_cpp)
 
 
 def mklstm_gates_cpp(z1: Tensor, z2: Tensor, c1_prev: Tensor, c2_prev: Tensor):
