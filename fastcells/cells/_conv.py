@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.conv import conv2d
-from ..ops.conv_sum import conv2d_sum, select_rows, stacks
+from ..ops.conv_sum import conv2d_sum, conv2d_sum_ref, stacks
 
 
 def conv(backend: str, x: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -44,11 +44,7 @@ def conv_sum(backend: str, xs: list, weights: list, bias: Tensor | None = None,
     elsewhere ``F.conv2d`` per input, added."""
     if backend == "cpp":
         return conv2d_sum(xs, weights, bias, padding, rows)
-    rows = rows or [None] * len(xs)
-    y = F.conv2d(xs[0], select_rows(weights[0], rows[0]), bias, padding=padding)
-    for x, w, r in zip(xs[1:], weights[1:], rows[1:]):
-        y = y.add_(F.conv2d(x, select_rows(w, r), padding=padding))
-    return y
+    return conv2d_sum_ref(xs, weights, bias, padding, rows)
 
 
 def input_hidden_conv(backend: str, x: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None,

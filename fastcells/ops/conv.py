@@ -538,30 +538,35 @@ def _choose(pass_: str, setting: str, args, x: Tensor, weight: Tensor, pad,
         algorithm = setting if setting in survivors else "onednn"
     if setting not in ("auto", "onednn") and setting in rejected:
         _warn_once(pass_, setting, rejected[setting])
-    return Choice(algorithm, setting, ms, rejected, kept_onednn(ms) if ms else "")
+    return Choice(algorithm, setting, ms, rejected,
+                  kept_onednn(ms) if ms and algorithm == "onednn" else "")
+
+
+def _decide(ms: dict) -> tuple[str, str]:
+    """(the algorithm ``"auto"`` takes, why it kept oneDNN over a faster one or "")."""
+    best = min(ms, key=ms.get)
+    if "onednn" not in ms or best == "onednn":
+        return best, ""
+    if ms["onednn"] < AUTO_MIN_MS:
+        return "onednn", (f"oneDNN takes {ms['onednn']:.2f} ms, under AUTO_MIN_MS = "
+                          f"{AUTO_MIN_MS:g} ms (the fastest, {best}, {ms[best]:.2f} ms)")
+    if ms[best] > AUTO_MARGIN * ms["onednn"]:
+        return "onednn", (f"the fastest, {best}, {ms[best]:.2f} ms, is not "
+                          f"{1 - AUTO_MARGIN:.0%} faster than oneDNN's {ms['onednn']:.2f} ms "
+                          f"(AUTO_MARGIN = {AUTO_MARGIN:g})")
+    return best, ""
 
 
 def pick(ms: dict) -> str:
     """The algorithm ``"auto"`` takes given median milliseconds per candidate: the fastest,
     unless it is not oneDNN and not at least 1 / AUTO_MARGIN times as fast as oneDNN, or
     oneDNN takes under AUTO_MIN_MS."""
-    best = min(ms, key=ms.get)
-    if "onednn" in ms and best != "onednn" and (ms[best] > AUTO_MARGIN * ms["onednn"]
-                                                or ms["onednn"] < AUTO_MIN_MS):
-        return "onednn"
-    return best
+    return _decide(ms)[0]
 
 
 def kept_onednn(ms: dict) -> str:
     """Why :func:`pick` keeps oneDNN over a faster candidate, or ``""`` where it does not."""
-    best = min(ms, key=ms.get)
-    if pick(ms) != "onednn" or best == "onednn":
-        return ""
-    if ms["onednn"] < AUTO_MIN_MS:
-        return (f"oneDNN takes {ms['onednn']:.2f} ms, under AUTO_MIN_MS = {AUTO_MIN_MS:g} ms "
-                f"(the fastest, {best}, {ms[best]:.2f} ms)")
-    return (f"the fastest, {best}, {ms[best]:.2f} ms, is not {1 - AUTO_MARGIN:.0%} faster "
-            f"than oneDNN's {ms['onednn']:.2f} ms (AUTO_MARGIN = {AUTO_MARGIN:g})")
+    return _decide(ms)[1]
 
 
 def _warn_once(pass_: str, algo: str, reason: str) -> None:
@@ -661,14 +666,11 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, padding=0) 
     algorithm :func:`set_conv_algorithm` selects (module docstring). CPU floating tensors
     only go through the dispatcher; other devices, other dtypes, a ``torch.compile`` trace,
     and the setting ``"onednn"`` for every pass run ``F.conv2d`` itself."""
-    if (torch.compiler.is_compiling() or x.device.type != "cpu"
-            or x.dtype not in _DTYPES
-            or all(_setting[p] == "onednn" for p in PASSES)):
+    if _dispatcher_off(x):
         return F.conv2d(x, weight, bias, padding=padding)
     pad = _padding(padding)
     out_hw = _validate(x, weight, bias, pad)
-    key = ConvKey(tuple(x.shape), tuple(weight.shape), pad, str(x.dtype).replace("torch.", ""),
-                  _layout(x), torch.get_num_threads())
+    key = _key(x.shape, weight.shape, pad, x.dtype, _layout(x))
     grad = torch.is_grad_enabled()
     needed = ["forward"]
     if grad and x.requires_grad:
@@ -683,6 +685,18 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, padding=0) 
         # the autograd.Function around it (its separate input and weight gradient calls).
         return F.conv2d(x, weight, bias, padding=pad)
     return _Conv2d.apply(x, weight, bias, pad, key, out_hw)
+
+
+def _dispatcher_off(x: Tensor) -> bool:
+    """Whether a convolution of ``x`` is plain ``F.conv2d``: a ``torch.compile`` trace, not a
+    CPU floating tensor, or the setting ``"onednn"`` for every pass."""
+    return (torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype not in _DTYPES
+            or all(_setting[p] == "onednn" for p in PASSES))
+
+
+def _key(x_shape, w_shape, pad, dtype: torch.dtype, layout: str) -> ConvKey:
+    return ConvKey(tuple(x_shape), tuple(w_shape), pad, str(dtype).replace("torch.", ""),
+                   layout, torch.get_num_threads())
 
 
 def _runs_onednn(pass_: str, key: ConvKey) -> bool:

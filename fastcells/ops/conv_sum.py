@@ -117,9 +117,9 @@ def _check_lists(xs, weights) -> None:
 
 def _validate(xs, weights, bias, pad, rows) -> None:
     shapes = [_effective_shape(w, r) for w, r in zip(weights, rows)]
-    x0, w0 = xs[0], weights[0].new_empty((1,)).expand(shapes[0])
+    x0, w0 = xs[0], _shape_only(weights[0], shapes[0])
     for i, (x, w) in enumerate(zip(xs, weights)):
-        w = w.new_empty((1,)).expand(shapes[i])  # the selected rows' shape
+        w = _shape_only(w, shapes[i])  # the selected rows' shape
         _conv._validate(x, w, bias, pad)
         if x.shape[0] != x0.shape[0] or x.shape[2:] != x0.shape[2:]:
             raise ValueError(f"xs[{i}]: expected (B, Ci, H, W) = ({x0.shape[0]}, Ci, "
@@ -134,9 +134,12 @@ def _validate(xs, weights, bias, pad, rows) -> None:
 
 def _key(x_shape, w_shape, pad, like: Tensor) -> _conv.ConvKey:
     # The concatenation is made contiguous (whatever the inputs' layout), so that is its key.
-    return _conv.ConvKey(tuple(x_shape), tuple(w_shape), pad,
-                         str(like.dtype).replace("torch.", ""), "contiguous",
-                         torch.get_num_threads())
+    return _conv._key(x_shape, w_shape, pad, like.dtype, "contiguous")
+
+
+def _shape_only(like: Tensor, shape) -> Tensor:
+    """A tensor of ``shape`` (one stored element) for the checks that read only shapes."""
+    return like.new_empty((1,)).expand(shape)
 
 
 def _cat(tensors) -> Tensor:
@@ -177,9 +180,8 @@ class _Conv2dSum(torch.autograd.Function):
             w = _cat([select_rows(weights[i], rows[i]) for i in need_x])
             x_shape, _ = _stacked_shapes(xs, w_shapes, need_x)
             key = _key(x_shape, w.shape, pad, w)
-            shape_only = w.new_empty((1,)).expand(x_shape)  # what the choice reads of x
-            gx = _conv._dispatch("input", key, (torch.Size(x_shape), w, grad, pad), shape_only,
-                                 w, pad, out_hw)
+            gx = _conv._dispatch("input", key, (torch.Size(x_shape), w, grad, pad),
+                                 _shape_only(w, x_shape), w, pad, out_hw)
             for i, part in zip(need_x, gx.split([xs[i].shape[1] for i in need_x], 1)):
                 gxs[i] = part
         if need_w:
@@ -187,7 +189,7 @@ class _Conv2dSum(torch.autograd.Function):
             _, w_shape = _stacked_shapes(xs, w_shapes, need_w)
             key = _key(x.shape, w_shape, pad, x)
             gw = _conv._dispatch("weight", key, (x, torch.Size(w_shape), grad, pad), x,
-                                 x.new_empty((1,)).expand(w_shape), pad, out_hw)
+                                 _shape_only(x, w_shape), pad, out_hw)
             for i, part in zip(need_w, gw.split([xs[i].shape[1] for i in need_w], 1)):
                 gws[i] = _scatter_rows(part, weights[i].shape, rows[i])
         gb = grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[3] else None
@@ -204,9 +206,7 @@ def _separate(xs, weights, bias, pad, rows) -> Tensor:
 def _stacks(xs, weights, pad, rows) -> bool:
     x0 = xs[0]
     w_shapes = [_effective_shape(w, r) for w, r in zip(weights, rows)]
-    if (len(xs) == 1 or torch.compiler.is_compiling() or x0.device.type != "cpu"
-            or x0.dtype not in _conv._DTYPES
-            or all(_conv._setting[p] == "onednn" for p in _conv.PASSES)):
+    if len(xs) == 1 or _conv._dispatcher_off(x0):
         return False
     grad = torch.is_grad_enabled()
     need_x = [i for i, x in enumerate(xs) if grad and x.requires_grad]
