@@ -83,13 +83,11 @@ void transform_grad(const float* dz, float* u, int64_t O, int64_t Ho, int64_t Wo
       const float* plane = dz + (b * O + o) * Ho * Wo;
       for (int rr = 0; rr < S; ++rr) {
         const int64_t y = S * ty + rr;
-        for (int s = 0; s < S; ++s) {
-          float* ph = phase.data() + (rr * S + s) * TWp;
-          for (int64_t t = 0; t < TWp; ++t) {
-            const int64_t xx = S * t + s;
-            ph[t] = (y < Ho && xx < Wo) ? plane[y * Wo + xx] : 0.f;
-          }
-        }
+        float* ph = phase.data() + rr * S * TWp;
+        if (y < Ho)
+          winograd::deinterleave_row<S>(plane + y * Wo, ph, Wo, 0, TWp);
+        else
+          std::fill(ph, ph + S * TWp, 0.f);
       }
       float* out = u + o * N + (r - r0) * TWp;
       for (int64_t t0 = 0; t0 < TWp; t0 += Ln) {
@@ -152,7 +150,8 @@ at::Tensor weight_grad_lanes(const at::Tensor& x, const at::Tensor& dz, int64_t 
   const int64_t TWp = winograd::padded_tiles(TW, Ln);
   const int64_t per_row = A * A * (C + O) * TWp;
   const int64_t chunk = winograd::chunk_rows(
-      rows, per_row, TWp, chunk_floats > 0 ? std::max<int64_t>(1, chunk_floats / per_row) : 0);
+      rows, per_row, TWp, A * A * O * C,
+      chunk_floats > 0 ? std::max<int64_t>(1, chunk_floats / per_row) : 0);
   const int64_t chunks = (rows + chunk - 1) / chunk;
   // One chunk per task, in its thread's workspace, summed into that thread's M; the
   // threads' M are added at the end (a fixed order: deterministic for a thread count).

@@ -190,7 +190,7 @@ void transform_output(const float* m, const float* bias, float* y, int64_t O, in
           float line[M * Ln];  // the tiles' row i, interleaved back to columns
           for (int l = 0; l < Ln; ++l)
             for (int j = 0; j < M; ++j) line[M * l + j] = out[j][l] + b0;
-          std::memcpy(plane + yy * Wo + M * t0, line, width * sizeof(float));
+          std::copy(line, line + width, plane + yy * Wo + M * t0);
         }
       }
     }
@@ -208,7 +208,8 @@ at::Tensor forward_lanes(const at::Tensor& x, const at::Tensor& w, const float* 
   const int64_t TH = (Ho + M - 1) / M, TW = (Wo + M - 1) / M, rows = B * TH;
   const int64_t TWp = winograd::padded_tiles(TW, Ln), per_row = A * A * (C + O) * TWp;
   const int64_t chunk = winograd::chunk_rows(
-      rows, per_row, TWp, chunk_tiles > 0 ? std::max<int64_t>(1, chunk_tiles / TWp) : 0);
+      rows, per_row, TWp, A * A * O * C,
+      chunk_tiles > 0 ? std::max<int64_t>(1, chunk_tiles / TWp) : 0);
   const int64_t chunks = (rows + chunk - 1) / chunk;
   auto ut = transform_weight<M, K>(w);
   // One chunk per task, each in its thread's workspace (the transforms and the product then

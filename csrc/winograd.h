@@ -25,24 +25,27 @@ struct Lanes;
 template <>
 struct Lanes<8> {
   typedef float V __attribute__((vector_size(32)));
+  typedef float Unaligned __attribute__((vector_size(32), aligned(4)));
 };
 template <>
 struct Lanes<4> {
   typedef float V __attribute__((vector_size(16)));
+  typedef float Unaligned __attribute__((vector_size(16), aligned(4)));
 };
 template <int L>
 using Vec = typename Lanes<L>::V;
 
+// Unaligned vector loads and stores typed as float: a memcpy may alias anything, so after
+// each one the compiler reloaded the parallel_for lambdas' captured sizes and pointers
+// (perf: ~40% of transform_input's samples on those reloads; benchmarks/NOTES.md).
 template <int L>
 static inline Vec<L> load(const float* p) {
-  Vec<L> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
+  return *reinterpret_cast<const typename Lanes<L>::Unaligned*>(p);
 }
 
 template <int L>
 static inline void store(float* p, Vec<L> v) {
-  std::memcpy(p, &v, sizeof(v));
+  *reinterpret_cast<typename Lanes<L>::Unaligned*>(p) = v;
 }
 
 // r = BT d for one column (d0..d5) of a 6 x 6 patch.
@@ -130,19 +133,31 @@ inline int lanes_for(int64_t tiles) {
 
 // Chunks of tile rows: the transformed tensors of one chunk (A*A * (C + O) floats per tile)
 // take at most kChunkFloats (2 MB, the L2 of a core on the EPYC this was measured on)
-// unless that leaves fewer than kMinChunkTiles tiles, below which the products get thin
+// unless that leaves fewer than the minimum tiles, below which the products get thin
 // (16 x 16 frames: 8 tiles per row; 8-tile chunks measured 0.23x oneDNN). Against one chunk
 // of 384 tiles at a time on all threads (the first version), interleaved medians on the
 // 2-core EPYC: 64 -> 256 k5 at 64 x 64 1.12 vs 0.91x oneDNN, 32 -> 128 k3 1.16 vs 1.04x,
 // 128 -> 512 k5 at 16 x 16 1.22 vs 1.23x (benchmarks/NOTES.md).
+// The minimum depends on the transformed kernel (A*A * O * C floats), which every chunk's
+// products read whole: up to kSmallKernelFloats (4 MB; 64 -> 128 at k5) 64 tiles, where the
+// chunk's transformed tensors stay nearer the core and the kernel is cheap to read again
+// (64 x 64 frames, 32 -> 32 up to 64 -> 128, forward and weight gradient: 1.11-1.29x faster
+// than 256 tiles); above it 256 tiles, which was still the fastest at 128 -> 256 and wider
+// (benchmarks/NOTES.md, "Winograd chunks").
 constexpr int64_t kChunkFloats = 512 << 10;
 constexpr int64_t kMinChunkTiles = 256;
+constexpr int64_t kMinChunkTilesSmallKernel = 64;
+constexpr int64_t kSmallKernelFloats = 1 << 20;
 
 // Tile rows per chunk, of `rows`, each `per_row` floats transformed and `tiles` (padded)
-// tiles wide; `forced` > 0 (a test or measuring knob) overrides the rule above.
-inline int64_t chunk_rows(int64_t rows, int64_t per_row, int64_t tiles, int64_t forced) {
+// tiles wide, for a transformed kernel of `kernel_floats`; `forced` > 0 (a test or
+// measuring knob) overrides the rule above.
+inline int64_t chunk_rows(int64_t rows, int64_t per_row, int64_t tiles, int64_t kernel_floats,
+                          int64_t forced) {
+  const int64_t min_tiles =
+      kernel_floats <= kSmallKernelFloats ? kMinChunkTilesSmallKernel : kMinChunkTiles;
   const int64_t chunk = forced > 0 ? forced
-                                   : std::max((kMinChunkTiles + tiles - 1) / tiles,
+                                   : std::max((min_tiles + tiles - 1) / tiles,
                                               kChunkFloats / per_row);
   return std::min(rows, chunk);
 }
@@ -154,6 +169,30 @@ inline at::Tensor& workspace(int64_t floats) {
   static thread_local at::Tensor buffer;
   if (!buffer.defined() || buffer.numel() < floats) buffer = at::empty({floats}, at::kFloat);
   return buffer;
+}
+
+// dst[k * L + t] = src[S t + k - pad] for k < S, t < L, and zero where that column is outside
+// [0, W): a row split into its S phases. The columns where every phase reads inside the row
+// are one straight loop, which the compiler vectorizes; only the edges check bounds. (One
+// bounds-checked loop per phase took ~70% of transform_input: perf showed it storing scalar
+// by scalar and reloading the lambda's captures on every element; benchmarks/NOTES.md.)
+template <int S>
+inline void deinterleave_row(const float* __restrict src, float* __restrict dst, int64_t W,
+                             int64_t pad, int64_t L) {
+  const int64_t lo = std::min(L, pad > 0 ? (pad + S - 1) / S : int64_t(0));
+  const int64_t hi = std::max(lo, std::min(L, W + pad - S >= 0 ? (W + pad - S) / S + 1
+                                                               : int64_t(0)));
+  auto checked = [&](int64_t t) {
+    for (int k = 0; k < S; ++k) {
+      const int64_t col = S * t + k - pad;
+      dst[k * L + t] = (col >= 0 && col < W) ? src[col] : 0.f;
+    }
+  };
+  for (int64_t t = 0; t < lo; ++t) checked(t);
+  const float* __restrict s = src + S * lo - pad;
+  for (int64_t t = lo; t < hi; ++t, s += S)
+    for (int k = 0; k < S; ++k) dst[k * L + t] = s[k];
+  for (int64_t t = hi; t < L; ++t) checked(t);
 }
 
 // Input patches of N x N (6 or 8 points) at a stride-S tiling (S = M, the output tile of
@@ -182,14 +221,7 @@ void transform_input(const float* x, float* v, int64_t C, int64_t H, int64_t W, 
           std::fill(dst, dst + S * L, 0.f);
           continue;
         }
-        const float* src = plane + y * W;
-        for (int k = 0; k < S; ++k) {
-          float* ph = dst + k * L;
-          for (int64_t t = 0; t < L; ++t) {
-            const int64_t col = S * t + k - pad;
-            ph[t] = (col >= 0 && col < W) ? src[col] : 0.f;
-          }
-        }
+        deinterleave_row<S>(plane + y * W, dst, W, pad, L);
       }
       float* out = v + c * NT + (r - r0) * TWp;
       for (int64_t t0 = 0; t0 < TWp; t0 += Ln) {

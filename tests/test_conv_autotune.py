@@ -119,9 +119,11 @@ def test_implementations_match_conv2d(algo, case):
 # (B, Cin, Cout, H, W): widths around the 8- and 4-tile vectors of the transforms (tiles per
 # row at "same" padding 1, 2, 5, 9, 19, 8, 23 for F(2x2, 5x5); 1, 2, 4, 10, 4, 12 for
 # F(4x4, 3x3) and F(4x4, 5x5), the last two on 4-tile vectors; 1, 2, 3, 7, 3, 8 for
-# F(6x6, 3x3)), heights not a multiple of the tile, one pixel, one channel.
+# F(6x6, 3x3)), heights not a multiple of the tile, one pixel, one channel; the last one
+# is wide enough (64 -> 72) and has tiles enough (2 x 9 x 10 at F(4x4, .)) for the default
+# rule to split it into several chunks.
 WINOGRAD_SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 9), (1, 4, 6, 13, 37), (3, 9, 2, 5, 4),
-                   (2, 16, 3, 17, 23), (2, 5, 4, 9, 16), (1, 3, 2, 6, 45)]
+                   (2, 16, 3, 17, 23), (2, 5, 4, 9, 16), (1, 3, 2, 6, 45), (2, 64, 72, 33, 37)]
 
 
 @requires_cpp
