@@ -400,6 +400,11 @@ def test_bench_flags_load_and_impossible_floor_fractions():
     assert "measurement error" in floor_percent(1.3)
     assert load_warning({"cpu_count": 2, "load_average": [1.0, 1, 1]}) == []
     assert "not trustworthy" in load_warning({"cpu_count": 2, "load_average": [2.9, 2, 2]})[0]
+    # a run's own thread per core reads a few hundredths above the cores; another job more
+    assert load_warning({"cpu_count": 2, "load_average": [1.9, 1, 1],
+                         "load_average_end": [2.05, 2, 2]}) == []
+    assert load_warning({"cpu_count": 2, "load_average": [1.9, 1, 1],
+                         "load_average_end": [2.3, 2, 2]})
 
 
 def test_demo_says_when_the_run_did_not_improve():

@@ -20,6 +20,7 @@ import torch
 
 from .._argtypes import ensure_writable_dir, positive_int
 from . import kernels, readme, training, workloads
+from .timing import overloaded
 
 COMMANDS = ("all", "kernels", "train", "readme")
 
@@ -285,7 +286,7 @@ def main(argv=None) -> int:
     _check_outputs(args, sub)  # before minutes of measuring, not after
     device = _device(args, sub)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > (os.cpu_count() or 1):
+    if overloaded(load, os.cpu_count()):
         print(f"fastcells bench: warning: load average {load:.2f} is above the "
               f"{os.cpu_count()} cores; other jobs share this machine, so the ratios measured "
               f"now are not trustworthy (the report says so too)", file=sys.stderr)

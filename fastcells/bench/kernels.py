@@ -250,10 +250,11 @@ def floor_percent(fraction: float) -> str:
 
 
 def load_warning(m: dict) -> list[str]:
-    """A warning line when the load average exceeded the cores during the run."""
+    """A warning line when the load average exceeded the cores during the run (beyond
+    :data:`~fastcells.bench.timing.LOAD_TOLERANCE`)."""
     loads = [x for x in (m.get("load_average"), m.get("load_average_end")) if x]
     peak = max((x[0] for x in loads), default=0.0)
-    if peak > (m.get("cpu_count") or 1):
+    if timing.overloaded(peak, m.get("cpu_count")):
         return [(f"**Warning: load average {peak:.2f} above the {m.get('cpu_count')} cores: "
                  f"other jobs shared the machine, so these ratios are not trustworthy.**"), ""]
     return []

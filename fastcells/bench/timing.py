@@ -157,6 +157,19 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
     return info
 
 
+# How far the 1-minute load average may exceed the cores before a report calls its ratios
+# untrustworthy. A benchmark running one thread per core reads as cores + a few hundredths
+# (2.02-2.05 on the 2-core dev machine with nothing else running: the Python thread and
+# kernel threads waking now and then); another job on the machine adds whole units.
+LOAD_TOLERANCE = 0.1
+
+
+def overloaded(load: float, cpu_count: int | None) -> bool:
+    """Whether a 1-minute load average says other jobs shared the machine's cores."""
+    cores = cpu_count or 1
+    return load > cores * (1 + LOAD_TOLERANCE)
+
+
 def _load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
