@@ -36,8 +36,10 @@ template <int L>
 using Vec = typename Lanes<L>::V;
 
 // Unaligned vector loads and stores typed as float: a memcpy may alias anything, so after
-// each one the compiler reloaded the parallel_for lambdas' captured sizes and pointers
-// (perf: ~40% of transform_input's samples on those reloads; benchmarks/NOTES.md).
+// each one the compiler reloaded the parallel_for lambdas' captured sizes and pointers.
+// (perf put many of transform_input's samples on those reloads, but removing them and the
+// bounds checks of deinterleave_row gained only 0-25%: the transforms wait on memory, and
+// their samples moved to the stores; benchmarks/NOTES.md.)
 template <int L>
 static inline Vec<L> load(const float* p) {
   return *reinterpret_cast<const typename Lanes<L>::Unaligned*>(p);
@@ -173,9 +175,9 @@ inline at::Tensor& workspace(int64_t floats) {
 
 // dst[k * L + t] = src[S t + k - pad] for k < S, t < L, and zero where that column is outside
 // [0, W): a row split into its S phases. The columns where every phase reads inside the row
-// are one straight loop, which the compiler vectorizes; only the edges check bounds. (One
-// bounds-checked loop per phase took ~70% of transform_input: perf showed it storing scalar
-// by scalar and reloading the lambda's captures on every element; benchmarks/NOTES.md.)
+// are one straight loop, which the compiler vectorizes; only the edges check bounds (perf
+// had put most of transform_input's samples on one bounds-checked loop per phase; see
+// load() above for what removing it gained).
 template <int S>
 inline void deinterleave_row(const float* __restrict src, float* __restrict dst, int64_t W,
                              int64_t pad, int64_t L) {
