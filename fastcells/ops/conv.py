@@ -43,9 +43,9 @@ The choice (:func:`set_conv_algorithm`, :func:`conv_algorithm`, ``FASTCELLS_CONV
   whose needed passes all run oneDNN is plain ``F.conv2d``. Measured on the 2-core EPYC it
   was built on (benchmarks/results/cpu_conv.md, benchmarks/NOTES.md "CPU convolution
   algorithms"), with both Winograd sets among the candidates and the cells' summed
-  convolutions (:mod:`fastcells.ops.conv_sum`), against the reference backend: 1.18-1.39x
-  per cell step at 32 channels and kernel 3, 1.63-2.32x at 64 channels and kernel 5,
-  1.55-1.86x at OpenSTL's 128 channels on 16x16 (oneDNN alone: 0.98-1.10x). Its costs:
+  convolutions (:mod:`fastcells.ops.conv_sum`), against the reference backend: 1.44-2.09x
+  per cell step at 32 channels and kernel 3, 1.88-3.01x at 64 channels and kernel 5,
+  1.55-2.52x at OpenSTL's 128 channels on 16x16 (oneDNN alone: 0.98-1.08x). Its costs:
   the first step of each shape runs every candidate, and the choice depends on machine
   load at that moment, so two processes may pick differently and differ in the last bits.
 - ``"onednn"`` for all passes switches the dispatcher off: ``conv2d`` is then exactly
