@@ -6,9 +6,13 @@
 #include "planes.h"
 
 namespace fastcells {
-// conv_weight_grad.cpp: Winograd F(K x K, 2 x 2) weight gradient, K = 3 or 5, float32.
+// conv_weight_grad.cpp: Winograd weight gradient, K = 3 or 5, float32; of one (x, dz) pair,
+// and summed over several pairs of one shape in one call.
 at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
                                      int64_t pad, int64_t chunk_floats, int64_t points);
+at::Tensor conv_weight_grad_winograd_sum(const std::vector<at::Tensor>& xs,
+                                         const std::vector<at::Tensor>& dzs, int64_t kernel,
+                                         int64_t pad, int64_t chunk_floats, int64_t points);
 // conv_winograd.cpp: Winograd forward, F(4x4, 3x3) and F(2x2, 5x5), float32.
 at::Tensor conv2d_winograd(const at::Tensor& x, const at::Tensor& w,
                            const c10::optional<at::Tensor>& bias, int64_t pad,
@@ -38,6 +42,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ghu_gates_forward", &fastcells::ghu_gates_forward);
   m.def("ghu_gates_backward", &fastcells::ghu_gates_backward);
   m.def("conv_weight_grad_winograd", &fastcells::conv_weight_grad_winograd);
+  m.def("conv_weight_grad_winograd_sum", &fastcells::conv_weight_grad_winograd_sum);
   m.def("conv2d_winograd", &fastcells::conv2d_winograd);
   m.def(
       "set_poison_outputs", [](bool on) { fastcells::poison_outputs() = on; },

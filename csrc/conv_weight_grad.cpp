@@ -19,6 +19,7 @@
 
 #include <vector>
 
+#include "planes.h"
 #include "winograd.h"
 
 namespace fastcells {
@@ -140,19 +141,25 @@ void transform_output(const float* m, float* dw, int64_t O, int64_t C) {
   });
 }
 
+// The summed gradient of every (x, dz) pair (one shape for all): each pair's rows in
+// chunks, and the chunks of all pairs one parallel loop, so a sequence's steps pay for one
+// set of per-thread sums and one output transform.
 template <int K, int S, int Ln>
-at::Tensor weight_grad_lanes(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
-                       int64_t chunk_floats) {
+at::Tensor weight_grad_lanes(const std::vector<at::Tensor>& xs,
+                             const std::vector<at::Tensor>& dzs, int64_t pad,
+                             int64_t chunk_floats) {
   constexpr int A = Taps<K, S>::A;
+  const at::Tensor& x = xs[0];
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t O = dz.size(1), Ho = dz.size(2), Wo = dz.size(3);
+  const int64_t O = dzs[0].size(1), Ho = dzs[0].size(2), Wo = dzs[0].size(3);
   const int64_t TH = (Ho + S - 1) / S, TW = (Wo + S - 1) / S, rows = B * TH;
   const int64_t TWp = winograd::padded_tiles(TW, Ln);
   const int64_t per_row = A * A * (C + O) * TWp;
   const int64_t chunk = winograd::chunk_rows(
       rows, per_row, TWp, A * A * O * C,
       chunk_floats > 0 ? std::max<int64_t>(1, chunk_floats / per_row) : 0);
-  const int64_t chunks = (rows + chunk - 1) / chunk;
+  const int64_t pair_chunks = (rows + chunk - 1) / chunk;
+  const int64_t chunks = pair_chunks * static_cast<int64_t>(xs.size());
   // One chunk per task, in its thread's workspace, summed into that thread's M; the
   // threads' M are added at the end (a fixed order: deterministic for a thread count).
   const int threads = chunks > 1 ? at::get_num_threads() : 1;
@@ -160,53 +167,72 @@ at::Tensor weight_grad_lanes(const at::Tensor& x, const at::Tensor& dz, int64_t 
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     float* ws = winograd::workspace(chunk * per_row).data_ptr<float>();
     auto m = partial[chunks > 1 ? at::get_thread_num() : 0];
-    for (int64_t ci = begin; ci < end; ++ci) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t pair = task / pair_chunks, ci = task % pair_chunks;
       const int64_t r0 = ci * chunk, r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
       auto v = at::from_blob(ws, {A * A, C, N}, x.options());
       auto u = at::from_blob(ws + A * A * C * N, {A * A, O, N}, x.options());
-      winograd::transform_input<S, A, Ln>(x.data_ptr<float>(), ws, C, H, W, pad, TH, TW, r0, r1);
-      transform_grad<K, S, Ln>(dz.data_ptr<float>(), ws + A * A * C * N, O, Ho, Wo, TH, TW, r0, r1);
+      winograd::transform_input<S, A, Ln>(xs[pair].data_ptr<float>(), ws, C, H, W, pad, TH,
+                                          TW, r0, r1);
+      transform_grad<K, S, Ln>(dzs[pair].data_ptr<float>(), ws + A * A * C * N, O, Ho, Wo, TH,
+                               TW, r0, r1);
       m.baddbmm_(u, v.transpose(1, 2));
     }
   });
   auto m = threads > 1 ? partial.sum(0) : partial[0];
-  auto dw = at::empty({O, C, K, K}, x.options());
+  auto dw = new_output({O, C, K, K}, x.options());
   transform_output<K, S>(m.data_ptr<float>(), dw.data_ptr<float>(), O, C);
   return dw;
 }
 
 template <int K, int S>
-at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& dz, int64_t pad,
-                       int64_t chunk_floats) {
-  return winograd::lanes_for((dz.size(3) + S - 1) / S) == 4
-             ? weight_grad_lanes<K, S, 4>(x, dz, pad, chunk_floats)
-             : weight_grad_lanes<K, S, 8>(x, dz, pad, chunk_floats);
+at::Tensor weight_grad(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& dzs,
+                       int64_t pad, int64_t chunk_floats) {
+  return winograd::lanes_for((dzs[0].size(3) + S - 1) / S) == 4
+             ? weight_grad_lanes<K, S, 4>(xs, dzs, pad, chunk_floats)
+             : weight_grad_lanes<K, S, 8>(xs, dzs, pad, chunk_floats);
 }
 
 }  // namespace
 
-// x (B, C, H, W) and dz (B, O, Ho, Wo) float32; Ho = H + 2 pad - K + 1 (same for W).
-// chunk_floats: floats of U and V per chunk (0: the rule of winograd::chunk_rows), a knob
-// for tests. points: 6 (F(3x3, 4x4), F(5x5, 2x2)) or 8 (F(3x3, 6x6), F(5x5, 4x4)).
-at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
-                                     int64_t pad, int64_t chunk_floats, int64_t points) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && dz.scalar_type() == at::kFloat,
-              "conv_weight_grad_winograd: float32 only");
-  TORCH_CHECK(x.dim() == 4 && dz.dim() == 4 && x.size(0) == dz.size(0),
-              "conv_weight_grad_winograd: x (B, C, H, W) and dz (B, O, Ho, Wo)");
+// sum_i dW(xs[i], dzs[i]): every xs[i] (B, C, H, W) and dzs[i] (B, O, Ho, Wo) float32, one
+// shape for all; Ho = H + 2 pad - K + 1 (same for W). chunk_floats: floats of U and V per
+// chunk (0: the rule of winograd::chunk_rows), a knob for tests. points: 6 (F(3x3, 4x4),
+// F(5x5, 2x2)) or 8 (F(3x3, 6x6), F(5x5, 4x4)).
+at::Tensor conv_weight_grad_winograd_sum(const std::vector<at::Tensor>& xs,
+                                         const std::vector<at::Tensor>& dzs, int64_t kernel,
+                                         int64_t pad, int64_t chunk_floats, int64_t points) {
+  TORCH_CHECK(!xs.empty() && xs.size() == dzs.size(),
+              "conv_weight_grad_winograd: one dz per x (at least one), got ", xs.size(),
+              " and ", dzs.size());
   TORCH_CHECK(kernel == 3 || kernel == 5, "conv_weight_grad_winograd: kernel 3 or 5");
   TORCH_CHECK(points == 6 || points == 8, "conv_weight_grad_winograd: points 6 or 8, got ",
               points);
-  TORCH_CHECK(pad >= 0 && dz.size(2) == x.size(2) + 2 * pad - kernel + 1 &&
-                  dz.size(3) == x.size(3) + 2 * pad - kernel + 1,
-              "conv_weight_grad_winograd: dz's size does not match x, kernel and pad");
-  auto xc = x.contiguous();
-  auto dzc = dz.contiguous();
+  std::vector<at::Tensor> xc, dzc;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const at::Tensor &x = xs[i], &dz = dzs[i];
+    TORCH_CHECK(x.scalar_type() == at::kFloat && dz.scalar_type() == at::kFloat,
+                "conv_weight_grad_winograd: float32 only");
+    TORCH_CHECK(x.dim() == 4 && dz.dim() == 4 && x.size(0) == dz.size(0),
+                "conv_weight_grad_winograd: x (B, C, H, W) and dz (B, O, Ho, Wo)");
+    TORCH_CHECK(x.sizes() == xs[0].sizes() && dz.sizes() == dzs[0].sizes(),
+                "conv_weight_grad_winograd: pair ", i, " has other shapes than pair 0");
+    TORCH_CHECK(pad >= 0 && dz.size(2) == x.size(2) + 2 * pad - kernel + 1 &&
+                    dz.size(3) == x.size(3) + 2 * pad - kernel + 1,
+                "conv_weight_grad_winograd: dz's size does not match x, kernel and pad");
+    xc.push_back(x.contiguous());
+    dzc.push_back(dz.contiguous());
+  }
   if (points == 8)
     return kernel == 3 ? weight_grad<3, 6>(xc, dzc, pad, chunk_floats)
                        : weight_grad<5, 4>(xc, dzc, pad, chunk_floats);
   return kernel == 3 ? weight_grad<3, 4>(xc, dzc, pad, chunk_floats)
                      : weight_grad<5, 2>(xc, dzc, pad, chunk_floats);
+}
+
+at::Tensor conv_weight_grad_winograd(const at::Tensor& x, const at::Tensor& dz, int64_t kernel,
+                                     int64_t pad, int64_t chunk_floats, int64_t points) {
+  return conv_weight_grad_winograd_sum({x}, {dz}, kernel, pad, chunk_floats, points);
 }
 
 }  // namespace fastcells
