@@ -11,9 +11,10 @@ module takes ``backend=`` (see
 :mod:`fastcells.backends`); the equations are in CELLS.md.
 :func:`set_conv_algorithm` chooses how the C++ backend runs the convolutions (by default
 autotuned per shape among oneDNN, our Winograd, NNPACK and matmul; or forced per pass,
-:mod:`fastcells.ops.conv`). :func:`patch` swaps them into models built on the public
-implementations (:mod:`fastcells.patching`); :mod:`fastcells.models` is the model
-zoo built on them.
+:mod:`fastcells.ops.conv`); :func:`set_weight_grad_steps` lets it compute several steps'
+weight gradients in one call (:mod:`fastcells.ops.weight_grad_steps`). :func:`patch` swaps
+them into models built on the public implementations (:mod:`fastcells.patching`);
+:mod:`fastcells.models` is the model zoo built on them.
 """
 from .backends import available_backends
 from .cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, GradientHighwayUnit, MIMBlock,
@@ -21,6 +22,7 @@ from .cells import (CausalLSTMCell, ConvLSTMCell, ConvTTLSTMCell, GradientHighwa
 from .layers import MIM, CausalLSTM, ConvLSTM, ConvTTLSTM, MKLSTM, SpatioTemporalLSTM
 from .ops.conv import (clear_conv_algorithm_cache, conv_algorithm, conv_algorithm_cache,
                        get_conv_algorithm, set_conv_algorithm)
+from .ops.weight_grad_steps import get_weight_grad_steps, set_weight_grad_steps
 from .patching import patch, unpatch
 from . import data, metrics, models, utils  # noqa: E402  (subpackages the README uses)
 
@@ -35,5 +37,5 @@ __all__ = [
     "available_backends",
     "patch", "unpatch", "models", "data", "metrics", "utils",
     "set_conv_algorithm", "get_conv_algorithm", "conv_algorithm", "conv_algorithm_cache",
-    "clear_conv_algorithm_cache",
+    "clear_conv_algorithm_cache", "set_weight_grad_steps", "get_weight_grad_steps",
 ]

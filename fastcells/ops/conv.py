@@ -63,6 +63,9 @@ off as oneDNN (or :data:`VERIFY_FLOOR`; for the Winograd algorithms a fixed 5e-6
 larger error or an exception rejects it for that key, with the reason recorded. An algorithm
 that fails on a later call is replaced by oneDNN for that key, again recorded. For a fixed
 choice results are deterministic (no atomics).
+Where the weight pass runs Winograd, :func:`fastcells.set_weight_grad_steps` lets several
+steps of one convolution compute their weight gradients in one call
+(:mod:`fastcells.ops.weight_grad_steps`; off by default).
 Under ``torch.compile`` tracing ``conv2d`` is plain ``F.conv2d`` (no timing in a trace).
 :func:`conv_algorithm_cache` returns every choice with its timings and reasons.
 """
@@ -82,6 +85,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _ext
+from . import weight_grad_steps as _steps
 
 PASSES = ("forward", "input", "weight")
 ALGORITHMS = {
@@ -575,32 +579,58 @@ def _warn_once(pass_: str, algo: str, reason: str) -> None:
         _warned.add((pass_, algo, kind))
         warnings.warn(f"fastcells conv2d: {pass_} pass forced to {algo!r}, which cannot run "
                       f"here ({reason}); running oneDNN instead (recorded in "
-                      f"fastcells.conv_algorithm_cache())", RuntimeWarning, stacklevel=4)
+                      f"fastcells.conv_algorithm_cache())", RuntimeWarning, stacklevel=5)
 
 
-def _dispatch(pass_: str, key: ConvKey, args, x: Tensor, weight: Tensor, pad,
-              out_hw) -> Tensor:
+def _choice(pass_: str, key: ConvKey, args, x: Tensor, weight: Tensor, pad,
+            out_hw) -> Optional[Choice]:
+    """The cached choice of ``pass_`` for ``key``, made now if there is none; None where the
+    setting is ``"onednn"`` (nothing chosen, nothing cached)."""
     setting = _setting[pass_]
     if setting == "onednn":
-        return IMPLEMENTATIONS[pass_]["onednn"](*args)
+        return None
     ck = (pass_, setting, key)
     choice = _cache.get(ck)
     if choice is None:
         choice = _choose(pass_, setting, args, x, weight, pad, out_hw)
         with _lock:
             _cache[ck] = choice
-    if choice.algorithm == "onednn":
+    return choice
+
+
+def _dispatch(pass_: str, key: ConvKey, args, x: Tensor, weight: Tensor, pad,
+              out_hw) -> Tensor:
+    choice = _choice(pass_, key, args, x, weight, pad, out_hw)
+    if choice is None or choice.algorithm == "onednn":
         return IMPLEMENTATIONS[pass_]["onednn"](*args)
     out, reason = _run(IMPLEMENTATIONS[pass_][choice.algorithm], args)
     if reason is None:
         return out
     # It worked for this key before and fails now: oneDNN from here on, reason recorded.
+    setting = choice.setting
     with _lock:
-        _cache[ck] = Choice("onednn", setting, choice.ms,
-                            {**choice.rejected, choice.algorithm: reason}, choice.kept)
+        _cache[(pass_, setting, key)] = Choice("onednn", setting, choice.ms,
+                                               {**choice.rejected, choice.algorithm: reason},
+                                               choice.kept)
     if setting != "auto":
         _warn_once(pass_, setting, reason)
     return IMPLEMENTATIONS[pass_]["onednn"](*args)
+
+
+def _weight_pass(ctx, edges, weights, route, key: ConvKey, args, weight_like: Tensor,
+                 out_hw, finish: Callable[[Tensor], list]) -> list:
+    """A step's weight gradients (for ``weights``, backward inputs ``edges`` of ``ctx``):
+    the convolution's weight gradient from ``args`` = (x, weight shape, grad, pad), mapped
+    to them by ``finish``. Where the pass runs Winograd, the pair may be kept and summed with
+    other steps' (:mod:`fastcells.ops.weight_grad_steps`)."""
+    x, _, grad, pad = args
+    choice = _choice("weight", key, args, x, weight_like, pad, out_hw)
+    if choice is not None and choice.algorithm in WINOGRAD_POINTS:
+        grads = _steps.keep(ctx, edges, weights, route, x, grad, weight_like.shape[2], pad[0],
+                            WINOGRAD_POINTS[choice.algorithm], finish)
+        if grads is not None:
+            return grads
+    return finish(_dispatch("weight", key, args, x, weight_like, pad, out_hw))
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -621,7 +651,8 @@ class _Conv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _dispatch("input", key, (x.shape, weight, grad, pad), x, weight, pad, out_hw)
         if ctx.needs_input_grad[1]:
-            gw = _dispatch("weight", key, (x, weight.shape, grad, pad), x, weight, pad, out_hw)
+            gw, = _weight_pass(ctx, (1,), (weight,), None, key, (x, weight.shape, grad, pad),
+                               weight, out_hw, lambda g: [g])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None, None

@@ -188,10 +188,20 @@ class _Conv2dSum(torch.autograd.Function):
             x = _cat([xs[i] for i in need_w])
             _, w_shape = _stacked_shapes(xs, w_shapes, need_w)
             key = _key(x.shape, w_shape, pad, x)
-            gw = _conv._dispatch("weight", key, (x, torch.Size(w_shape), grad, pad), x,
-                                 _shape_only(x, w_shape), pad, out_hw)
-            for i, part in zip(need_w, gw.split([xs[i].shape[1] for i in need_w], 1)):
-                gws[i] = _scatter_rows(part, weights[i].shape, rows[i])
+            widths = [xs[i].shape[1] for i in need_w]
+            parts = [(weights[i].shape, rows[i]) for i in need_w]
+
+            def finish(gw):  # the concatenation's weight gradient -> each weight's
+                return [_scatter_rows(part, shape, r)
+                        for part, (shape, r) in zip(gw.split(widths, 1), parts)]
+
+            # ctx's edges are its tensor inputs only: [bias,] *xs, *weights
+            got = _conv._weight_pass(ctx, [int(ctx.has_bias) + n + i for i in need_w],
+                                     [weights[i] for i in need_w], (tuple(widths), tuple(parts)),
+                                     key, (x, torch.Size(w_shape), grad, pad),
+                                     _shape_only(x, w_shape), out_hw, finish)
+            for i, g in zip(need_w, got):
+                gws[i] = g
         gb = grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return (None, None, None, gb, *gxs, *gws)
 
