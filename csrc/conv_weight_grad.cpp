@@ -160,21 +160,13 @@ at::Tensor weight_grad_lanes(const std::vector<at::Tensor>& xs,
       chunk_floats > 0 ? std::max<int64_t>(1, chunk_floats / per_row) : 0);
   const int64_t pair_chunks = (rows + chunk - 1) / chunk;
   const int64_t chunks = pair_chunks * static_cast<int64_t>(xs.size());
-  // One chunk per task, in its thread's workspace, summed into that thread's M (its first
-  // product writes it, the others add); the threads' M are added at the end (a fixed
-  // order: deterministic for a thread count). The M live in a buffer of the calling thread
-  // kept across calls: zeroing fresh ones cost ~1 ms a call at 64 -> 128 (NOTES).
+  // One chunk per task, in its thread's workspace, summed into that thread's M; the
+  // threads' M are added at the end (a fixed order: deterministic for a thread count).
   const int threads = chunks > 1 ? at::get_num_threads() : 1;
-  const int64_t m_floats = A * A * O * C;
-  static thread_local at::Tensor partial_buffer;
-  if (!partial_buffer.defined() || partial_buffer.numel() < threads * m_floats)
-    partial_buffer = at::empty({threads * m_floats}, x.options());
-  float* partial = partial_buffer.data_ptr<float>();
-  std::vector<char> written(threads, 0);
+  auto partial = at::zeros({threads, A * A, O, C}, x.options());
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     float* ws = winograd::workspace(chunk * per_row).data_ptr<float>();
-    const int tid = chunks > 1 ? at::get_thread_num() : 0;
-    auto m = at::from_blob(partial + tid * m_floats, {A * A, O, C}, x.options());
+    auto m = partial[chunks > 1 ? at::get_thread_num() : 0];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pair = task / pair_chunks, ci = task % pair_chunks;
       const int64_t r0 = ci * chunk, r1 = std::min(rows, r0 + chunk), N = (r1 - r0) * TWp;
@@ -184,26 +176,12 @@ at::Tensor weight_grad_lanes(const std::vector<at::Tensor>& xs,
                                           TW, r0, r1);
       transform_grad<K, S, Ln>(dzs[pair].data_ptr<float>(), ws + A * A * C * N, O, Ho, Wo, TH,
                                TW, r0, r1);
-      if (written[tid]) {
-        m.baddbmm_(u, v.transpose(1, 2));
-      } else {
-        at::bmm_out(m, u, v.transpose(1, 2));
-        written[tid] = 1;
-      }
+      m.baddbmm_(u, v.transpose(1, 2));
     }
   });
-  float* m = nullptr;
-  for (int t = 0; t < threads; ++t) {
-    if (!written[t]) continue;
-    float* mt = partial + t * m_floats;
-    if (m == nullptr) {
-      m = mt;
-    } else {
-      at::from_blob(m, {m_floats}, x.options()).add_(at::from_blob(mt, {m_floats}, x.options()));
-    }
-  }
+  auto m = threads > 1 ? partial.sum(0) : partial[0];
   auto dw = new_output({O, C, K, K}, x.options());
-  transform_output<K, S>(m, dw.data_ptr<float>(), O, C);
+  transform_output<K, S>(m.data_ptr<float>(), dw.data_ptr<float>(), O, C);
   return dw;
 }
 
