@@ -233,3 +233,29 @@ def test_layers_train_alike(layer):
     ref = dict(mods["reference"].named_parameters())
     for name, prm in mods["cpp"].named_parameters():
         assert_close(prm.grad, ref[name].grad, RTOL[torch.float32], name)
+
+
+def test_benchmark_script_runs(tmp_path):
+    """benchmarks/weight_grad_steps.py at its tiny size: both sections measured, the steps
+    grouped in the training row, the summed call agreeing with the per-step calls, and the
+    report written."""
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                        "weight_grad_steps.py")
+    spec = importlib.util.spec_from_file_location("weight_grad_steps_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    md = tmp_path / "r.md"
+    before = fc.get_weight_grad_steps()
+    result = bench.main(["--quick", "--repeats", "1", "--json", str(out), "--markdown",
+                         str(md)])
+    assert result["kernel"][0]["rel_diff"] < RTOL[torch.float32]
+    assert result["train"][0]["grouped_pairs"] > 0 and result["train"][0]["kept_mb"] > 0
+    assert json.loads(out.read_text())["train"][0]["steps"] == 4
+    assert "| ConvLSTM 8 ch k5 |" in md.read_text()
+    assert fc.get_weight_grad_steps() == before  # the script restores the settings
+    assert fc.get_conv_algorithm() == {p: "winograd8" for p in ("forward", "input", "weight")}
