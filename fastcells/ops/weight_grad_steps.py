@@ -11,11 +11,12 @@ gradient, and that step returns it (the others return none: the total is the sam
 Pairs still kept at the end of the backward pass are computed by a callback the engine runs
 there and sent into the same weights with ``torch.autograd.backward``.
 
-Measured (2-core EPYC, 2 threads; benchmarks/NOTES.md "Sequence weight gradients"): for
-the pass alone, ten steps in one call against ten calls 1.02-1.20x at B=4, 64x64 and 1.40x
-at OpenSTL's B=16, 256 -> 512 on 16x16; for a training iteration with ``steps=4``
-0.99-1.07x, while the kept pairs peaked at 168-348 MB. That is why the default is 1 (off):
-a few percent for a fifth to two fifths more memory at the end of backward.
+Measured (2-core EPYC, 2 threads; benchmarks/results/cpu_weight_grad_steps.md and
+benchmarks/NOTES.md "Sequence weight gradients"): for the pass alone, ten steps in one call
+against ten calls 1.01-1.22x at B=4, 64x64 and 1.31x at OpenSTL's B=16, 256 -> 512 on
+16x16; for a training iteration with ``steps=4`` 0.98-1.04x at B=4 (within the machine's
+noise) and 1.10x at B=16, while the kept pairs peaked at 35-42% of the bytes autograd saves
+for backward. That is why the default is 1 (off).
 
 It applies only where it gives the same gradients; elsewhere the step computes its own:
 
