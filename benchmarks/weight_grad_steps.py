@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastcells  # noqa: E402
 from fastcells import _ext, models  # noqa: E402
 from fastcells.bench import machine_info, time_side_by_side  # noqa: E402
+from fastcells.bench.kernels import _machine_line, load_warning  # noqa: E402
 from fastcells.ops import weight_grad_steps  # noqa: E402
 from fastcells.utils import saved_tensor_bytes  # noqa: E402
 
@@ -113,12 +114,8 @@ def train_rows(rows_spec, steps, repeats):
 
 
 def markdown(result) -> str:
-    info = result["machine"]
-    lines = ["# Sequence weight gradients (cpu)", "",
-             f"{info['processor']} ({info['cpu_count']} CPUs), {info['threads']} torch threads; "
-             f"torch {info['torch']}, Python {info['python']}; {info['date']}, commit "
-             f"{info['commit']}, load average {info['load_average'][0]:.2f} at start, "
-             f"{result['load_end']:.2f} at end.", ""]
+    lines = ["# Sequence weight gradients (cpu)", "", _machine_line(result["machine"]), "",
+             *load_warning(result["machine"])]
     if result["kernel"]:
         lines += [f"Summed weight gradient of {T} steps, `winograd8`: {T} calls against one "
                   "call over the list of pairs (ms, interleaved medians).", "",
@@ -182,8 +179,8 @@ def main(argv=None) -> dict:
     finally:
         fastcells.set_conv_algorithm(**saved_setting)
         fastcells.set_weight_grad_steps(saved_steps)
-    result = {"machine": info, "load_end": os.getloadavg()[0], "conv": conv, "kernel": kernel,
-              "train": train}
+    info["load_average_end"] = machine_info()["load_average"]
+    result = {"machine": info, "conv": conv, "kernel": kernel, "train": train}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
